@@ -37,7 +37,7 @@ TWO_PI = 2.0 * math.pi
 
 # ----------------------------------------------------------------------------- parameter codecs
 def eta_from_logit(e: torch.Tensor) -> torch.Tensor:
-    """Smoothness from a network output: ``η = 10^(2·erf(e) − 2)`` ∈ (0.01, 1)."""
+    """Smoothness from a network output: ``η = 10^(2·erf(e) − 2)`` ∈ (1e-4, 1) (SPEC §3 says (0.01, 1); the formula gives 1e-4)."""
     return torch.pow(10.0, 2.0 * torch.erf(e) - 2.0)
 
 
