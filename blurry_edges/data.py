@@ -1,0 +1,292 @@
+"""Datasets over the stored arrays: this implementation's format and the authors' (SPEC §5).
+
+Two on-disk formats are read, detected automatically:
+
+* **ours** (``blurry_edges_v1``, written by ``train_val_data_generator.py`` / ``test_data_generator.py``):
+  a ``manifest.json`` lists every file's shape and dtype; photon counts and clean images are 8-bit,
+  depths float32, derivative maps float16 (see ``blurry_edges/synth/generate.py``).
+* **the authors'** (downloaded from https://blurry-edges.qiguo.org/data): the same file names, every
+  array float64, no manifest. Their clean images are stored as ``clean · α / 255``.
+
+Every item is made of CPU float32 tensors in the units the networks train with (noisy ``counts/α``,
+clean in [0, 1], derivative maps ``Sobel/255`` cropped by one pixel, distances in pixels, depths in
+metres); nothing is moved to a device here. Arrays are memory-mapped, never loaded whole.
+
+Channel order: our sets are RGB. The authors' sets are BGR (OpenCV); for the random colours of the
+training scenes that is immaterial and nothing is converted. ``TestSceneDataset(channel_order=...)``
+can convert the realistic test images either way (default: as stored, so the authors' pretrained
+networks see exactly what they saw in the paper).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .camera import CameraParams
+
+FORMAT_NAME = "blurry_edges_v1"
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val")
+
+_TRAIN_HINT = ("create it with `python train_val_data_generator.py --data_path {root}` or download the "
+               "authors' data from https://blurry-edges.qiguo.org/data")
+_TEST_HINT = ("create it with `python test_data_generator.py --data_path {root}` (add --big for 587×587) "
+              "or download the authors' data from https://blurry-edges.qiguo.org/data")
+
+
+def read_manifest(root: str | os.PathLike) -> dict | None:
+    """The manifest of a data set of ours, or ``None`` for the authors' format (no manifest).
+
+    ``root`` may be the data folder or its ``patches`` sub-folder (the manifest is in the parent).
+    Raises ``ValueError`` for a manifest of an unknown format.
+    """
+    root = Path(root)
+    for folder in (root, root.parent) if root.name == "patches" else (root,):
+        path = folder / MANIFEST_NAME
+        if path.is_file():
+            try:
+                manifest = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON ({e}); regenerate the data set") from e
+            if manifest.get("format") != FORMAT_NAME:
+                raise ValueError(f"{path}: unknown data format {manifest.get('format')!r} (expected {FORMAT_NAME!r})")
+            manifest["_root"] = str(folder)
+            return manifest
+    return None
+
+
+class _StoredArrays(Dataset):
+    """Memory-mapped arrays of one data set, validated against its manifest, reopened per process."""
+
+    kind = ""
+    hint = _TRAIN_HINT
+
+    def __init__(self, root, files: dict[str, str], manifest: dict | None, base: Path):
+        self.root = Path(root)
+        self._files = files                # name → path
+        self._base = base                  # folder the manifest's relative paths start from
+        self.manifest = manifest
+        self.format = "ours" if manifest is not None else "authors"
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._pid = None
+        if manifest is not None and manifest.get("kind") != self.kind:
+            raise ValueError(f"{self.root} holds a {manifest.get('kind')!r} set, not a {self.kind!r} set")
+        arrays = self._open()
+        lengths = {k: a.shape[0] for k, a in arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{self.root}: the arrays disagree on the number of items: {lengths}")
+        self._len = next(iter(lengths.values()))
+        self._arrays, self._pid = arrays, os.getpid()
+        self.camera = CameraParams.from_dict(manifest["camera"]) if manifest is not None else None
+
+    def _open(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        for name, path in self._files.items():
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; " + self.hint.format(root=self.root))
+            arr = np.load(path, mmap_mode="r")
+            if self.manifest is not None:
+                rel = path.relative_to(self._base).as_posix()
+                entry = self.manifest.get("files", {}).get(rel)
+                if entry is not None and (list(arr.shape) != entry["shape"] or arr.dtype.name != entry["dtype"]):
+                    raise ValueError(f"{path} is {list(arr.shape)} {arr.dtype.name} but the manifest says "
+                                     f"{entry['shape']} {entry['dtype']}: the set was modified or is incomplete; "
+                                     f"regenerate it")
+            arrays[name] = arr
+        return arrays
+
+    def _get(self) -> dict[str, np.ndarray]:
+        if self._arrays is None or self._pid != os.getpid():   # e.g. inside a DataLoader worker
+            self._arrays, self._pid = self._open(), os.getpid()
+        return self._arrays
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self._len
+
+    @staticmethod
+    def _f32(a) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
+def _resolve_root(root, hint: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} not found; " + hint.format(root=root))
+    return root
+
+
+def _check_requested(name: str, requested, stored, root) -> None:
+    if requested is None or stored is None:
+        return
+    if isinstance(stored, (list, tuple)):
+        requested, stored = list(requested), list(stored)
+    if requested != stored:
+        raise ValueError(f"{root} was made with {name}={stored}, but {name}={requested} was requested; "
+                         f"regenerate the data with --{name} {' '.join(map(str, np.atleast_1d(requested)))} "
+                         f"or use the matching option")
+
+
+def _check_8bit_without_manifest(arr: np.ndarray, path: Path) -> None:
+    if np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path} holds integers but its folder has no {MANIFEST_NAME}: an incomplete "
+                         f"set of this implementation (the manifest is written last)? Regenerate it")
+
+
+class LocalPatchDataset(_StoredArrays):
+    """Local-stage training patches of one split.
+
+    Item: ``(noisy [R, R, 3] = counts/α, clean [R, R, 3] in [0, 1], bndry_dist [R, R] (pixels),
+    deri [R−2, R−2, 3] = Sobel/255 cropped [1:-1, 1:-1])``, all float32.
+
+    Args:
+        root: the data folder (``./data/data_train_val``) or its ``patches`` sub-folder.
+        split: ``"train"`` or ``"val"``.
+        R: expected patch size; ``ValueError`` when the data were made with another.
+    """
+
+    kind = "train_val"
+
+    def __init__(self, root, split: str, R: int | None = None):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        root = _resolve_root(root, _TRAIN_HINT)
+        folder = root / "patches" if (root / "patches").is_dir() else root
+        manifest = read_manifest(folder)
+        base = Path(manifest["_root"]) if manifest is not None else folder
+        names = ("patches_ny", "patches_gt", "alphas", "boundary_distances", "derivative_maps")
+        super().__init__(root, {n: folder / f"{n}_{split}.npy" for n in names}, manifest, base)
+        arrays = self._get()
+        if manifest is None:
+            _check_8bit_without_manifest(arrays["patches_ny"], folder / f"patches_ny_{split}.npy")
+        self.split = split
+        self.R = int(manifest["R"]) if manifest is not None else int(arrays["patches_ny"].shape[1])
+        self.img_size = tuple(manifest["img_size"]) if manifest is not None else None
+        _check_requested("R", R, self.R, root)
+
+    def __getitem__(self, idx: int):
+        a = self._get()
+        alpha = np.float32(a["alphas"][idx])
+        noisy = self._f32(a["patches_ny"][idx]) / float(alpha)
+        if self.format == "ours":
+            clean = self._f32(a["patches_gt"][idx]) / 255.0
+        else:                                   # the authors store clean · α / 255
+            clean = self._f32(a["patches_gt"][idx]) / float(alpha)
+        bndry_dist = self._f32(a["boundary_distances"][idx])
+        deri = self._f32(a["derivative_maps"][idx][1:-1, 1:-1])
+        return noisy, clean, bndry_dist, deri
+
+
+class SceneDataset(_StoredArrays):
+    """Global-stage scenes of one split.
+
+    Item: ``(params [2, P, 19] | empty, noisy [2, H, W, 3] = counts/α, clean [2, H, W, 3] in [0, 1],
+    bndry_dist [H, W], deri [2, H−2, W−2, 3], bndry_depth [H, W])`` and, with ``with_depth``, a 7th
+    element ``depth [H, W]`` (depth of the front-most surface), all float32.
+
+    ``params`` are the local stage's feature tokens from ``params_src_{split}.npy``, which the
+    pre-calculation script (``global_data_pre_cal.py``) writes into the same folder; with
+    ``with_params=False`` an empty tensor stands in its place.
+    """
+
+    kind = "train_val"
+
+    def __init__(self, root, split: str, with_params: bool = True, with_depth: bool = False,
+                 R: int | None = None, img_size=None):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        root = _resolve_root(root, _TRAIN_HINT)
+        manifest = read_manifest(root)
+        names = ["images_ny", "images_gt", "alphas", "boundary_distances", "derivative_maps", "boundary_depths"]
+        if with_depth:
+            names.append("image_depths")
+        files = {n: root / f"{n}_{split}.npy" for n in names}
+        if with_params:
+            params = root / f"params_src_{split}.npy"
+            if not params.is_file():
+                raise FileNotFoundError(f"{params} is missing: run `python global_data_pre_cal.py --data_path {root}` "
+                                        f"first, or use with_params=False")
+            files["params"] = params
+        super().__init__(root, files, manifest, root)
+        arrays = self._get()
+        if manifest is None:
+            _check_8bit_without_manifest(arrays["images_ny"], files["images_ny"])
+        self.split = split
+        self.with_params, self.with_depth = with_params, with_depth
+        self.img_size = tuple(arrays["images_ny"].shape[2:4])
+        if manifest is not None:
+            self.R = int(manifest["R"])
+        else:
+            patches = root / "patches" / f"patches_ny_{split}.npy"
+            self.R = int(np.load(patches, mmap_mode="r").shape[1]) if patches.is_file() else None
+        _check_requested("R", R, self.R, root)
+        _check_requested("img_size", None if img_size is None else tuple(img_size), self.img_size, root)
+        if with_params:
+            p = arrays["params"]
+            if p.ndim != 4 or p.shape[1] != 2 or p.shape[3] != 19:
+                raise ValueError(f"{files['params']} is {list(p.shape)}; expected [N, 2, P, 19] feature tokens")
+
+    def __getitem__(self, idx: int):
+        a = self._get()
+        alpha = float(np.float32(a["alphas"][idx]))
+        params = self._f32(a["params"][idx]) if self.with_params else torch.empty(0)
+        noisy = self._f32(a["images_ny"][idx]) / alpha
+        scale = 255.0 if self.format == "ours" else alpha    # the authors store clean · α / 255
+        clean = self._f32(a["images_gt"][idx]) / scale
+        bndry_dist = self._f32(a["boundary_distances"][idx])
+        deri = self._f32(a["derivative_maps"][idx][:, 1:-1, 1:-1])
+        bndry_depth = self._f32(a["boundary_depths"][idx])
+        item = (params, noisy, clean, bndry_dist, deri, bndry_depth)
+        if self.with_depth:
+            item = item + (self._f32(a["image_depths"][idx]),)
+        return item
+
+
+class TestSceneDataset(_StoredArrays):
+    """Realistic test scenes. Item: ``(noisy [2, H, W, 3] = counts/α, depth [H, W] in metres)``, float32.
+
+    Args:
+        root: ``./data/data_test`` or ``./data/data_test_big`` (ours or the authors').
+        img_size: expected (H, W); ``ValueError`` when the data have another size.
+        channel_order: ``None`` returns the images as stored (``.stored_channel_order``: ``"RGB"`` for
+            ours, ``"BGR"`` for the authors'); ``"RGB"`` or ``"BGR"`` converts when needed.
+    """
+
+    kind = "test"
+    hint = _TEST_HINT
+    __test__ = False        # not a pytest test class despite its name
+
+    def __init__(self, root, img_size=None, channel_order: str | None = None):
+        root = _resolve_root(root, _TEST_HINT)
+        manifest = read_manifest(root)
+        files = {n: root / f"{n}.npy" for n in ("images_ny", "depth_maps", "alphas")}
+        super().__init__(root, files, manifest, root)
+        arrays = self._get()
+        if manifest is None:
+            _check_8bit_without_manifest(arrays["images_ny"], files["images_ny"])
+        self.img_size = tuple(arrays["images_ny"].shape[2:4])
+        self.R = None
+        _check_requested("img_size", None if img_size is None else tuple(img_size), self.img_size, root)
+        self.stored_channel_order = manifest.get("channel_order", "RGB") if manifest is not None else "BGR"
+        if channel_order not in (None, "RGB", "BGR"):
+            raise ValueError(f"channel_order must be None, 'RGB' or 'BGR', got {channel_order!r}")
+        self.channel_order = channel_order or self.stored_channel_order
+        self._flip = self.channel_order != self.stored_channel_order
+
+    def __getitem__(self, idx: int):
+        a = self._get()
+        alpha = float(np.float32(a["alphas"][idx]))
+        noisy = np.array(a["images_ny"][idx], dtype=np.float32)
+        if self._flip:
+            noisy = np.ascontiguousarray(noisy[..., ::-1])
+        return torch.from_numpy(noisy) / alpha, self._f32(a["depth_maps"][idx])
