@@ -40,7 +40,7 @@ def test_constant_sparse_map_stays_constant():
     guide = torch.rand(3, h, w, generator=gen)          # a busy guide: edges everywhere
     for dtype in (torch.float32, torch.float64):
         dense, support = domain_transform_densify(z.to(dtype), guide.to(dtype),
-                                                  params=DTParams(sigma_s=10.0))
+                                                  params=DTParams(sigma_s=10.0, sigma_r=3.75))  # a busy guide needs a wide σr
         assert dense.dtype == dtype and support.dtype == dtype
         assert bool((support > 0).all()), "every pixel should be reached"
         tol = 1e-5 if dtype == torch.float32 else 1e-10
@@ -77,7 +77,7 @@ def test_depth_edge_also_holds_with_the_edge_in_the_guide_and_no_boundary_map():
     h, w = z.shape
     guide = flat_guide(h, w, 0.3)
     guide[:, :, c:] = 0.35                               # a faint color step on the line
-    dense, _ = domain_transform_densify(z, guide, params=DTParams(sigma_s=20.0))
+    dense, _ = domain_transform_densify(z, guide, params=DTParams(sigma_s=20.0, sigma_r=3.75, psi=100.0))
     assert float(dense[:, : c - 1].max()) < NEAR + 0.01 and float(dense[:, c + 1:].min()) > FAR - 0.01
 
 
@@ -162,11 +162,11 @@ def test_samples_are_preserved():
     z, b, c = half_planes()
     guide = flat_guide(*z.shape)
     noisy = torch.where(z > 0, z + 0.01 * torch.randn(z.shape, generator=gen, dtype=z.dtype), z)
-    dense, _ = domain_transform_densify(noisy, guide, boundary=b, params=DTParams(sigma_s=16.0))
+    dense, _ = domain_transform_densify(noisy, guide, boundary=b, params=DTParams(sigma_s=16.0, sigma_r=3.75, psi=100.0))
     valid = noisy > 0
     assert float((dense[valid] - noisy[valid]).abs().max()) < 0.03       # averaged with its surface
     exact, _ = domain_transform_densify(noisy, guide, boundary=b,
-                                        params=DTParams(sigma_s=16.0, preserve_samples=True))
+                                        params=DTParams(sigma_s=16.0, sigma_r=3.75, psi=100.0, preserve_samples=True))
     assert torch.equal(exact[valid], noisy[valid])
 
 
