@@ -1,0 +1,339 @@
+"""Training objectives and their weight schedules (SPEC §6).
+
+* :class:`LocalSchedule` / :class:`LocalLoss` – the local stage: color fidelity, boundary
+  localization and smoothness of one rendered patch, the last two ramped in over the first
+  ``dynamic_epoch`` epochs (β schedule).
+* :class:`GlobalSchedule` / :class:`GlobalLoss` – the global stage: seven terms over all patches of
+  an image pair, weighted by a three-phase γ schedule. With ``mask_variant="w"`` and a dense depth
+  target the same class gives the objective of the "W" variant (our design; see ``docs/training.md``).
+* :func:`depth_completion_loss` – the U-Net of "Ours-PP" (our design).
+
+Everything that does not change between steps (pixel coordinates, the fold normalizer) is cached
+by the renderer and the :class:`~blurry_edges.patches.PatchGrid`; the Sobel operator is a pair of
+shifted differences, so there is no kernel to rebuild. All losses are computed in float32 (the
+networks may run under bf16 autocast; their outputs are cast up before decoding).
+
+Conventions: images are channel-first here (``[..., 3, H, W]``); the datasets store them channel-
+last and the training scripts permute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+
+from .patches import PatchGrid
+from .wedges import (WedgeRenderer, boundary_map, decode_global, decode_local, eta_from_logit,
+                     sobel_magnitude)
+
+__all__ = [
+    "ramp_rate", "LocalWeights", "LocalSchedule", "LocalLoss",
+    "GAMMA_NAMES", "GlobalWeights", "GlobalSchedule", "GlobalLoss", "depth_completion_loss",
+]
+
+
+def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 network outputs → float32; float32/float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+# ============================================================================ schedules
+def ramp_rate(index: int, length: int) -> float:
+    """Linear ramp used by both schedules: ``index / (length − 1)`` while ``index < length``, then 1.
+
+    ``index`` is the 0-based epoch inside the ramp. A ramp of length ≤ 1 is already complete (the
+    authors' formula would divide by zero there).
+    """
+    if index < 0:
+        raise ValueError(f"epoch index must be ≥ 0, got {index}")
+    if index >= length or length <= 1:
+        return 1.0
+    return index / (length - 1)
+
+
+@dataclass(frozen=True)
+class LocalWeights:
+    """Weights β of the local loss for one epoch."""
+
+    bndry_loc: float
+    smthns: float
+
+
+@dataclass(frozen=True)
+class LocalSchedule:
+    """β schedule of the local stage (SPEC §6): both weights grow linearly from 0 to their final
+    value over epochs ``0 … dynamic_epoch − 1`` (rate ``epoch / (dynamic_epoch − 1)``), then stay.
+    Validation always uses the final values."""
+
+    beta_bndry_loc: float = 0.001
+    beta_smthns: float = 0.0005
+    dynamic_epoch: int = 200
+
+    def at(self, epoch: int) -> LocalWeights:
+        """Weights used for training during 0-based ``epoch``."""
+        r = ramp_rate(epoch, self.dynamic_epoch)
+        return LocalWeights(bndry_loc=r * self.beta_bndry_loc, smthns=r * self.beta_smthns)
+
+    def final(self) -> LocalWeights:
+        return LocalWeights(bndry_loc=self.beta_bndry_loc, smthns=self.beta_smthns)
+
+
+#: Names of the seven global-stage terms, in the order of SPEC §6 and of the CLI options ``--gamma_*``.
+GAMMA_NAMES = ("color", "color_cons", "bndry_cons", "smthns", "smthns_cons", "bndry_loc", "depth")
+
+
+@dataclass(frozen=True)
+class GlobalWeights:
+    """Weights γ of the seven global-stage terms for one epoch."""
+
+    color: float
+    color_cons: float
+    bndry_cons: float
+    smthns: float
+    smthns_cons: float
+    bndry_loc: float
+    depth: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class GlobalSchedule:
+    """Three-phase γ schedule of the global stage (SPEC §6, the authors' ``update_gamma``).
+
+    With key epochs ``(k0, k1, k2)`` (default 30, 100, 200) and three values ``(g0, g1, g2)`` per term:
+
+    * epochs ``0 … k0−1``: ``g0 + r·(g1 − g0)`` with ``r = epoch / (k0 − 1)``;
+    * epochs ``k0 … k1−1``: ``g1``;
+    * epochs ``k1 … k2−1``: ``g1 + r·(g2 − g1)`` with ``r = (epoch − k1) / (k2 − k1 − 1)``;
+    * from ``k2`` on, and in validation: ``g2``.
+    """
+
+    gamma_color: tuple[float, float, float] = (1.0, 0.1, 0.1)
+    gamma_color_cons: tuple[float, float, float] = (0.2, 0.1, 0.05)
+    gamma_bndry_cons: tuple[float, float, float] = (0.05, 0.05, 0.02)
+    gamma_smthns: tuple[float, float, float] = (0.005, 0.1, 0.002)
+    gamma_smthns_cons: tuple[float, float, float] = (0.005, 0.1, 0.002)
+    gamma_bndry_loc: tuple[float, float, float] = (0.0001, 0.05, 0.0001)
+    gamma_depth: tuple[float, float, float] = (0.0001, 0.05, 0.5)
+    dynamic_epoch: tuple[int, int, int] = (30, 100, 200)
+
+    def __post_init__(self) -> None:
+        for name in GAMMA_NAMES:
+            values = tuple(float(v) for v in getattr(self, f"gamma_{name}"))
+            if len(values) != 3:
+                raise ValueError(f"gamma_{name} needs 3 values (start, middle, final), got {values}")
+            object.__setattr__(self, f"gamma_{name}", values)
+        keys = tuple(int(k) for k in self.dynamic_epoch)
+        if len(keys) != 3 or not keys[0] <= keys[1] <= keys[2]:
+            raise ValueError(f"dynamic_epoch must be 3 non-decreasing key epochs, got {self.dynamic_epoch}")
+        object.__setattr__(self, "dynamic_epoch", keys)
+
+    @classmethod
+    def from_args(cls, args) -> "GlobalSchedule":
+        """Build from an argparse namespace holding ``gamma_*`` and ``dynamic_epoch``."""
+        return cls(**{f"gamma_{n}": tuple(getattr(args, f"gamma_{n}")) for n in GAMMA_NAMES},
+                   dynamic_epoch=tuple(args.dynamic_epoch))
+
+    def rate_phase(self, epoch: int) -> tuple[float, int]:
+        """``(rate, phase)``: interpolation rate and which pair of values it moves between
+        (phase 0: g0→g1, phase 1: g1→g2)."""
+        k0, k1, k2 = self.dynamic_epoch
+        if epoch < k0:
+            return ramp_rate(epoch, k0), 0
+        if epoch < k1:
+            return 1.0, 0
+        if epoch < k2:
+            return ramp_rate(epoch - k1, k2 - k1), 1
+        return 1.0, 1
+
+    def at(self, epoch: int) -> GlobalWeights:
+        """Weights used for training during 0-based ``epoch``."""
+        rate, phase = self.rate_phase(epoch)
+        values = {}
+        for name in GAMMA_NAMES:
+            g = getattr(self, f"gamma_{name}")
+            lo, hi = g[phase], g[phase + 1]
+            values[name] = lo + rate * (hi - lo)
+        return GlobalWeights(**values)
+
+    def final(self) -> GlobalWeights:
+        return GlobalWeights(**{n: getattr(self, f"gamma_{n}")[-1] for n in GAMMA_NAMES})
+
+
+# ============================================================================ local stage
+class LocalLoss:
+    """Objective of the local stage (SPEC §6, paper §3.3) for a batch of single patches.
+
+    ``E[Σ_rgb (clean − render)²] + β_loc E[(dist · b)²] + β_smth E[Σ_rgb (deriv_gt − Sobel(render))²]``
+
+    where the render's colors are ridge-fitted to ``fit_to`` (the clean patch in training, as the
+    authors do, and the noisy patch in validation), ``b`` is the rendered boundary map (Eq. 9) and
+    ``dist`` the patch's ground-truth distance to the nearest boundary.
+    """
+
+    def __init__(self, renderer: WedgeRenderer) -> None:
+        self.renderer = renderer
+        self.R = renderer.R
+
+    def terms(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
+              bndry_dist: torch.Tensor, deri: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three unweighted terms (scalars).
+
+        Args:
+            raw: ``[B, 10]`` local-stage outputs.
+            fit_to: ``[B, 3, R, R]`` patches the colors are fitted to.
+            clean: ``[B, 3, R, R]`` clean patches (the color target).
+            bndry_dist: ``[B, R, R]`` distance of each pixel to the nearest true boundary.
+            deri: ``[B, 3, R−2, R−2]`` Sobel magnitude of the clean patch (ground truth).
+        """
+        geom, e = decode_local(_at_least_f32(raw))
+        patches, _, dists, _ = self.renderer.render_single(geom, eta_from_logit(e), fit_to)
+        b = boundary_map(dists, self.renderer.delta)
+        return {
+            "color": (clean - patches).square().sum(-3).mean(),
+            "bndry_loc": (bndry_dist * b).square().mean(),
+            "smthns": (deri - sobel_magnitude(patches)).square().sum(-3).mean(),
+        }
+
+    def __call__(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
+                 bndry_dist: torch.Tensor, deri: torch.Tensor, weights: LocalWeights) -> torch.Tensor:
+        t = self.terms(raw, fit_to, clean, bndry_dist, deri)
+        return t["color"] + weights.bndry_loc * t["bndry_loc"] + weights.smthns * t["smthns"]
+
+
+# ============================================================================ global stage
+class GlobalLoss:
+    """Objective of the global stage (SPEC §6, paper §3.4) over all patches of a batch of pairs.
+
+    Seven terms, each a mean over the batch, both images, all patches and their pixels:
+
+    1. ``color``: ``Σ_rgb (clean patch − rendered patch)²``;
+    2. ``color_cons``: ``Σ_rgb (rendered patch − the detached global color map re-cut)²``;
+    3. ``bndry_cons``: ``(boundary patch − the detached global boundary map re-cut)²``;
+    4. ``smthns``: ``Σ_rgb (Sobel(rendered patch) − ground-truth derivative map re-cut)²``;
+    5. ``smthns_cons``: ``Σ_rgb (Sobel(rendered patch) − Sobel(detached global color map) re-cut)²``;
+    6. ``bndry_loc``: ``(log2(dist + 1) · boundary patch)²``;
+    7. ``depth``: ``Σ (patch depth − target)²`` over the pixels where the target is non-zero and the
+       ownership mask is non-zero, divided by their count (0 when there is none).
+
+    The sparse objective (the paper's) uses the boundary-depth map as the target and the sparse
+    ownership mask. ``mask_variant="w"`` with the dense per-pixel depth as target is our objective
+    for the "W" variant (the authors publish no code for it).
+
+    Args:
+        renderer: a :class:`WedgeRenderer` of patch size ``R``.
+        grid: the image's :class:`PatchGrid` (same ``R``); its fold normalizer is cached.
+        mask_variant: ``"sparse"`` or ``"w"`` (SPEC §2, ownership masks).
+    """
+
+    def __init__(self, renderer: WedgeRenderer, grid: PatchGrid, mask_variant: str = "sparse") -> None:
+        if grid.R != renderer.R:
+            raise ValueError(f"patch grid R={grid.R} differs from the renderer's R={renderer.R}")
+        if mask_variant not in ("sparse", "w"):
+            raise ValueError(f"unknown mask variant {mask_variant!r}; use 'sparse' or 'w'")
+        self.renderer = renderer
+        self.grid = grid
+        # The derivative maps are "valid" Sobel images, 2 pixels smaller; cutting them with an
+        # (R−2)-window at the same stride gives exactly the Sobel of every R-patch.
+        self.deri_grid = PatchGrid(grid.H - 2, grid.W - 2, grid.R - 2, grid.stride)
+        self.mask_variant = mask_variant
+
+    # ------------------------------------------------------------------ helpers
+    def _cut_pair(self, img: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+        """``[B, 2, C, h, w]`` → ``[B, P, 2, C, r, r]`` (a view-compatible layout for the renderer)."""
+        B = img.shape[0]
+        p = grid.unfold(img.flatten(0, 1))                       # [2B, P, C, r, r]
+        return p.unflatten(0, (B, 2)).transpose(1, 2)
+
+    def _cut_single(self, img: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+        """``[B, h, w]`` → ``[B, P, r, r]``."""
+        return grid.unfold(img.unsqueeze(1))[:, :, 0]
+
+    def _fold_pair(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[B, P, 2, C, R, R]`` → ``[B, 2, C, H, W]`` (mean over covering patches)."""
+        B = patches.shape[0]
+        return self.grid.fold_mean(patches.transpose(1, 2).flatten(0, 1)).unflatten(0, (B, 2))
+
+    # ------------------------------------------------------------------ the objective
+    def terms(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
+              bndry_dist: torch.Tensor, deri: torch.Tensor, depth_target: torch.Tensor,
+              ) -> dict[str, torch.Tensor]:
+        """The seven unweighted terms (scalars).
+
+        Args:
+            raw: ``[B, P, 12]`` global-stage outputs (``P = Hp·Wp`` tokens, row-major).
+            fit_to: ``[B, 2, 3, H, W]`` images the shared colors are fitted to (clean pair in
+                training, noisy pair in validation).
+            clean: ``[B, 2, 3, H, W]`` clean pair (the color target).
+            bndry_dist: ``[B, H, W]`` distance to the nearest true boundary.
+            deri: ``[B, 2, 3, H−2, W−2]`` ground-truth derivative maps.
+            depth_target: ``[B, H, W]`` boundary depth (sparse objective; 0 off boundaries) or the
+                dense depth map (W objective).
+        """
+        grid = self.grid
+        geom, eta = decode_global(_at_least_f32(raw))                       # [B, P, 8], [B, P, 2, 2]
+        fit_p = self._cut_pair(fit_to, grid)                           # [B, P, 2, 3, R, R]
+        clean_p = fit_p if clean is fit_to else self._cut_pair(clean, grid)
+        pr = self.renderer.render_pair(geom, eta, fit_p, mask_variant=self.mask_variant)
+        patches, bndry = pr.patches, pr.boundary                       # [B,P,2,3,R,R], [B,P,R,R]
+
+        with torch.no_grad():                                          # global maps, detached
+            g_img = self._fold_pair(patches.detach())                  # [B, 2, 3, H, W]
+            g_bndry = grid.fold_mean(bndry.detach().unsqueeze(2))      # [B, 1, H, W]
+            g_img_p = self._cut_pair(g_img, grid)
+            g_bndry_p = grid.unfold(g_bndry)[:, :, 0]                  # [B, P, R, R]
+            g_deri_p = self._cut_pair(sobel_magnitude(g_img), self.deri_grid)
+            deri_p = self._cut_pair(deri, self.deri_grid)              # [B, P, 2, 3, R-2, R-2]
+            log_dist_p = self._cut_single(torch.log2(bndry_dist + 1.0), grid)
+            target_p = self._cut_single(depth_target, grid)            # [B, P, R, R]
+
+        patch_deri = sobel_magnitude(patches)                          # [B, P, 2, 3, R-2, R-2]
+        valid = (target_p != 0) & (pr.mask != 0)
+        n_valid = valid.sum()
+        depth_err = torch.where(valid, pr.depth - target_p, torch.zeros_like(target_p)).square().sum()
+        depth_term = depth_err / n_valid.clamp_min(1).to(depth_err.dtype)
+
+        return {
+            "color": (clean_p - patches).square().sum(-3).mean(),
+            "color_cons": (patches - g_img_p).square().sum(-3).mean(),
+            "bndry_cons": (bndry - g_bndry_p).square().mean(),
+            "smthns": (patch_deri - deri_p).square().sum(-3).mean(),
+            "smthns_cons": (patch_deri - g_deri_p).square().sum(-3).mean(),
+            "bndry_loc": (log_dist_p * bndry).square().mean(),
+            "depth": depth_term,
+        }
+
+    def __call__(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
+                 bndry_dist: torch.Tensor, deri: torch.Tensor, depth_target: torch.Tensor,
+                 weights: GlobalWeights) -> torch.Tensor:
+        t = self.terms(raw, fit_to, clean, bndry_dist, deri, depth_target)
+        w = weights.as_dict()
+        total = w[GAMMA_NAMES[0]] * t[GAMMA_NAMES[0]]
+        for name in GAMMA_NAMES[1:]:
+            total = total + w[name] * t[name]
+        return total
+
+
+# ============================================================================ depth completion
+def depth_completion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1",
+                          valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Loss of the depth-completion U-Net (our design, ``docs/training.md``).
+
+    Args:
+        pred, target: ``[B, 1, H, W]`` depth in metres (target: dense ground truth).
+        kind: ``"l1"`` (mean absolute error, the default) or ``"l2"`` (mean squared error).
+        valid: optional ``[B, 1, H, W]`` boolean mask of pixels that count (default: target > 0).
+    """
+    if valid is None:
+        valid = target > 0
+    diff = torch.where(valid, _at_least_f32(pred) - target, torch.zeros_like(target))
+    n = valid.sum().clamp_min(1).to(diff.dtype)
+    if kind == "l1":
+        return diff.abs().sum() / n
+    if kind == "l2":
+        return diff.square().sum() / n
+    raise ValueError(f"unknown depth-completion loss {kind!r}; use 'l1' or 'l2'")
+

@@ -1,0 +1,115 @@
+"""Pre-calculate the global stage's inputs (SPEC §6): run the trained local stage on every patch
+of both noisy images of every training and validation scene, fit the colors on the noisy
+patches, and store the 19 features per patch as ``<data_path>/params_src_{train,val}.npy``
+(float32 ``[N, 2, H'·W', 19]``, written in batches through a memory map and renamed into place
+when complete; a ``.json`` beside it records R, stride and the weights used).
+
+    python global_data_pre_cal.py [--data_path ./data/data_train_val] [--model_path ./pretrained_weights]
+                                  [--local_weights PATH] [--R 21] [--stride 2] [--cuda cuda:0]
+    torchrun --nproc_per_node 4 global_data_pre_cal.py ...      # scenes split over the processes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights
+from blurry_edges.patches import PatchGrid
+from blurry_edges.training import (add_basic_args, check_weights_meta, cleanup_distributed, local_params_for_images,
+                                   plain, resolve_camera, resolve_setting, setup_distributed)
+from blurry_edges.wedges import WedgeRenderer
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Pre-calculate the global stage's input tokens (SPEC §6).")
+    add_basic_args(p)
+    p.add_argument("--stride", type=int, default=2, help="patch stride")
+    p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
+    p.add_argument("--batch_size", type=int, default=1, help="scenes per batch")
+    p.add_argument("--local_weights", type=str, default=None,
+                   help=f"local-stage weights (default: <model_path>/{WEIGHT_FILES['local']})")
+    p.add_argument("--splits", type=str, nargs="+", default=["train", "val"], help="which splits to process")
+    p.add_argument("--chunk", type=int, default=8192, help="patches per local-stage forward pass")
+    p.add_argument("--bf16", action="store_true", help="run the local stage under bf16 autocast")
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no_progress", dest="progress", action="store_false", help="hide the tqdm bars")
+    return p.parse_args(argv)
+
+
+def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
+    from blurry_edges.data import SceneDataset
+
+    root = Path(args.data_path)
+    ds = SceneDataset(str(root), split, with_params=False)
+    img_size = resolve_setting("img_size", args.img_size, ds.img_size, None, root)
+    grid = PatchGrid(int(img_size[0]), int(img_size[1]), args.R, args.stride)
+    shape = (len(ds), 2, grid.num_patches, 19)
+    final = root / f"params_src_{split}.npy"
+    tmp = root / f".params_src_{split}.npy.partial"
+
+    if ctx.is_main:                                   # one writer creates the file, all fill their share
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
+    ctx.barrier()
+    out = np.lib.format.open_memmap(tmp, mode="r+")
+    mine = list(range(ctx.rank, len(ds), ctx.world_size))
+    loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
+                        num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
+    bar = tqdm(loader, desc=f"{split} ({len(ds)} scenes)", disable=not (args.progress and ctx.is_main),
+               dynamic_ncols=True)
+    pos = 0
+    for batch in bar:
+        noisy = batch[1].to(ctx.device, non_blocking=True)          # [n, 2, H, W, 3] (item 0: no params yet)
+        feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16)
+        idx = mine[pos:pos + noisy.shape[0]]
+        out[idx[0]:idx[-1] + 1:ctx.world_size] = feats.cpu().numpy()
+        pos += noisy.shape[0]
+    out.flush()
+    del out
+    ctx.barrier()
+    if ctx.is_main:
+        os.replace(tmp, final)
+        info = {"R": args.R, "stride": args.stride, "img_size": [grid.H, grid.W], "shape": list(shape),
+                "local_weights": str(args.local_weights), "bf16": bool(args.bf16)}
+        (root / f"params_src_{split}.json").write_text(json.dumps(info, indent=2))
+    ctx.barrier()
+    return final
+
+
+def main(argv=None) -> list[Path]:
+    from blurry_edges.data import SceneDataset
+
+    args = get_args(argv)
+    ctx = setup_distributed(args.cuda)
+    try:
+        scenes = SceneDataset(args.data_path, args.splits[0], with_params=False)
+        args.R = resolve_setting("R", args.R, scenes.R, 21, args.data_path)
+        if args.local_weights is None:
+            args.local_weights = str(Path(args.model_path) / WEIGHT_FILES["local"])
+        model = LocalStage(args.R)
+        meta = load_weights(model, args.local_weights, what="local stage")
+        check_weights_meta(meta, args.local_weights, R=args.R)
+        model.to(ctx.device).eval()
+        camera = resolve_camera(args, scenes)
+        renderer = WedgeRenderer(args.R, camera)
+        written = []
+        for split in args.splits:
+            if ctx.is_main:
+                print(f"Processing the {split} set ...")
+            written.append(precalculate_split(args, split, model, renderer, ctx))
+        if ctx.is_main:
+            for path in written:
+                print(f"wrote {path}")
+            print(f"settings: {plain({'R': args.R, 'stride': args.stride, 'local_weights': args.local_weights})}")
+        return written
+    finally:
+        cleanup_distributed(ctx)
+
+
+if __name__ == "__main__":
+    main()
