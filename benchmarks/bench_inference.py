@@ -1,0 +1,175 @@
+"""End-to-end inference speed for one 147×147 pair, per stage, fp32 and bf16 (printed, never asserted);
+and the effect of bf16 autocast on the depth maps.
+
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--repeats 2] [--scenes 3]
+                                         [--model_path ./pretrained_weights] [--data_path ./data/data_test]
+
+Stages: ``local`` = local-stage network on the 8192 patches, ``colors`` = decoding + ridge colors +
+global-stage features, ``global`` = Transformer over the 4096 tokens, ``render_fold`` = pair render,
+sharpened/refocused views and the fold into the global maps; ``total`` is one ``DepthPipeline.run``.
+With no weight files the networks are randomly initialized (fine for timing; for the bf16 effect
+on the metrics use trained weights and a test set).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blurry_edges.camera import CameraParams
+from blurry_edges.metrics import eval_depth
+from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, load_weights
+from blurry_edges.patches import PatchGrid
+from blurry_edges.pipeline import DepthPipeline, PipelineConfig, as_pair_tensor
+from blurry_edges.stages import autocast_context
+from blurry_edges.wedges import decode_local, encode_global_input, eta_from_logit
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn, device: torch.device, repeats: int) -> float:
+    fn()                                                       # warm-up
+    _sync(device)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def synthetic_pair(camera: CameraParams, R: int, size: int = 147, seed: int = 0):
+    """A disk in front of a tilted background, each blurred per its depth for ρ1 and ρ2, Poisson noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    z_bg, z_fg = rng.uniform(1.0, 1.15), rng.uniform(0.78, 0.95)
+    c_bg, c_fg = rng.uniform(0.1, 0.9, 3), rng.uniform(0.1, 0.9, 3)
+    (cy, cx), rad = rng.uniform(0.35, 0.65, 2) * size, rng.uniform(0.2, 0.35) * size
+    disk = ((yy - cy) ** 2 + (xx - cx) ** 2 < rad ** 2).astype(np.float64)
+    alpha = rng.uniform(180, 200)
+    imgs = []
+    for rho in camera.rhos:
+        def blur(a, z):
+            s = float(camera.sigma_px(z, rho))
+            return cv2.GaussianBlur(a, (0, 0), s) if s > 0.05 else a
+        m = blur(disk, z_fg)
+        img = blur(np.ones((size, size, 1)) * c_bg, z_bg).reshape(size, size, 3) * (1 - m[..., None]) \
+            + c_fg * m[..., None]
+        imgs.append(rng.poisson(np.clip(img, 0, 1) * alpha) / alpha)
+    depth = np.where(disk > 0, z_fg, z_bg)
+    return np.stack(imgs).astype(np.float32), depth.astype(np.float32)
+
+
+def load_or_random(model, path: Path, what: str) -> bool:
+    if path.is_file():
+        load_weights(model, path, what=what)
+        return True
+    return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--scenes", type=int, default=3, help="scenes for the fp32-vs-bf16 depth comparison")
+    ap.add_argument("--model_path", default="./pretrained_weights")
+    ap.add_argument("--data_path", default="./data/data_test", help="test set for the bf16 comparison (optional)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--local_chunk", type=int, default=256)
+    ap.add_argument("--skip_stages", action="store_true", help="only the end-to-end timings")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    R, size = 21, 147
+    torch.manual_seed(0)
+    local, glob = LocalStage(R), GlobalStage()
+    trained = load_or_random(local, Path(args.model_path) / WEIGHT_FILES["local"], "local stage")
+    trained &= load_or_random(glob, Path(args.model_path) / WEIGHT_FILES["global"], "global stage")
+    cpu = platform.processor() or platform.machine()
+    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu}), "
+          f"threads={torch.get_num_threads()}, torch {torch.__version__}, "
+          f"weights: {'trained' if trained else 'random (no files in ' + args.model_path + ')'}")
+    camera = CameraParams()
+    pair, _ = synthetic_pair(camera, R)
+    x = as_pair_tensor(pair, device)
+    grid = PatchGrid(size, size, R, 2)
+    pipes = {name: DepthPipeline(local, glob, camera, PipelineConfig(R=R, bf16=bf, local_chunk=args.local_chunk),
+                                 device=device) for name, bf in (("fp32", False), ("bf16", True))}
+
+    rows = []
+    for name, p in pipes.items():
+        stages = {}
+        if not args.skip_stages:
+            with torch.no_grad():
+                patches = grid.unfold(x).flatten(0, 1)                             # [8192, 3, R, R]
+
+                def local_net():
+                    outs = []
+                    for s in range(0, patches.shape[0], args.local_chunk):
+                        with autocast_context(device, p.config.bf16):
+                            outs.append(p.local(patches[s:s + args.local_chunk]).float())
+                    return torch.cat(outs)
+
+                stages["local"] = best_of(local_net, device, args.repeats)
+                raw_local = local_net()
+
+                def colors():
+                    geom, e = decode_local(raw_local)
+                    _, col, _, _ = p.renderer.render_single(geom, eta_from_logit(e), patches)
+                    return encode_global_input(geom, e, col)
+
+                stages["colors"] = best_of(colors, device, args.repeats)
+                tokens = colors().view(2, -1, 19)
+                tokens = torch.cat([tokens[0], tokens[1]], -1)[None]
+                stages["global"] = best_of(lambda: p._global_forward(tokens), device, args.repeats)
+                raw = p._global_forward(tokens)[0]
+                stages["render_fold"] = best_of(lambda: p.render_maps(raw, x), device, args.repeats)
+        stages["total"] = best_of(lambda: p.run(x), device, args.repeats)
+        rows.append((name, stages))
+    print(f"\none {size}×{size} pair end to end (best of {args.repeats}; s):")
+    keys = ["local", "colors", "global", "render_fold", "total"]
+    print(f"{'':6s}" + "".join(f"{k:>13s}" for k in keys))
+    for name, st in rows:
+        print(f"{name:6s}" + "".join(f"{st[k]:13.3f}" if k in st else f"{'-':>13s}" for k in keys))
+
+    # ---------------------------------------------------------------- effect of bf16 on the depth maps
+    scenes = []
+    try:
+        from blurry_edges.data import TestSceneDataset
+        ds = TestSceneDataset(args.data_path)
+        if ds.img_size == (size, size):
+            scenes = [tuple(np.asarray(t) for t in ds[i]) for i in range(min(args.scenes, len(ds)))]
+            src = f"test set {args.data_path}"
+    except (FileNotFoundError, ValueError, ImportError):
+        pass
+    if not scenes:
+        scenes = [synthetic_pair(camera, R, seed=s) for s in range(args.scenes)]
+        src = "synthetic disk-over-background scenes"
+    print(f"\nfp32 vs bf16 on {len(scenes)} {src}:")
+    for i, (noisy, gt) in enumerate(scenes):
+        a, b = pipes["fp32"].run(noisy), pipes["bf16"].run(noisy)
+        da, db = a["depth"].numpy(), b["depth"].numpy()
+        both = (da > 0) & (db > 0)
+        flips = float(((da > 0) != (db > 0)).mean())
+        diff = float(np.abs(da - db)[both].mean() * 100) if both.any() else float("nan")
+        ma, mb = eval_depth(da, gt), eval_depth(db, gt)
+        print(f"  scene {i}: mean |Δdepth| {diff:.3f} cm on {int(both.sum())} px, validity changed on "
+              f"{100 * flips:.2f}% of px, max |Δcolor| {float((a['color'] - b['color']).abs().max()):.4f}; "
+              f"δ1 {ma.delta1:.3f}→{mb.delta1:.3f}, RMSE {ma.rmse_cm:.3f}→{mb.rmse_cm:.3f} cm, "
+              f"AbsRel {ma.absrel:.3f}→{mb.absrel:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,692 @@
+"""From a noisy image pair to every Blurry-Edges output (SPEC §2–4): the one pipeline behind
+``blurry_edges_test.py``, ``blurry_edges_test_big.py`` and ``python -m blurry_edges.infer``.
+
+Data flow for one pair (``P`` patch positions of the image's grid, row-major)::
+
+    pair [2, 3, H, W] ──unfold──► patches [2, P, 3, R, R] ──local stage + ridge colors──► features [2, P, 19]
+      ──► tokens [P, 38] ──global stage (whole grid, or 147×147 tiles + BlockLayout.assemble)──► raw [P, 12]
+      ──► renderer (shared geometry, η per image, colors fitted to both noisy images)
+      ──► one fold over the full grid: color maps, sharpened, refocused, boundary, depth, confidence
+      ──► final depth: sparse (F > τ), W (τ = 0, dense ownership mask), PP (U-Net) or DT (domain transform)
+
+Two facts keep large images cheap without changing a single number:
+
+* The local stage and the color fit look at one patch at a time, and every tile of a
+  :class:`~blurry_edges.patches.BlockLayout` is aligned with the full patch grid (tile origins are
+  multiples of the stride), so a tile's tokens are a subset of the full grid's tokens. The local
+  stage therefore runs once per patch of the full image, not once per patch of every tile.
+* Rendering is done only for the patches that survive the margins (after ``assemble``), in bands of
+  patch rows, and the bands are folded into the full-size accumulators, so a 587×587 image (80 656
+  patch positions) never holds more than ``render_chunk`` rendered patches at a time.
+
+Everything runs under ``torch.no_grad()`` on the device of the pipeline; bf16 autocast (optional)
+covers the networks only, the renderer and the ridge regression stay in float32.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .camera import CameraParams
+from .densify import DTParams, domain_transform_densify
+from .metrics import METRIC_NAMES, average_metrics, eval_depth
+from .patches import BlockLayout, PatchGrid
+from .stages import autocast_context, local_features, pair_tokens
+from .wedges import WedgeRenderer, decode_global
+
+__all__ = [
+    "DENSIFY_MODES", "TAU_SPARSE", "PipelineConfig", "DepthPipeline", "build_pipeline",
+    "normalize_densify", "as_pair_tensor", "camera_from_args", "add_camera_arguments",
+    "add_eval_arguments", "evaluate_test_set", "run_eval_script",
+]
+
+#: Final-depth modes: sparse (``none``), the authors' dense-mask variant ``w``, U-Net completion
+#: ``pp`` ("Ours-PP") and the training-free domain-transform densifier ``dt``.
+DENSIFY_MODES = ("none", "w", "pp", "dt")
+#: Confidence threshold τ of the sparse output (SPEC §4); the W variant uses τ = 0.
+TAU_SPARSE = 0.05
+#: Reference optical power for the refocused view (1/m).
+RHO_PRIME = 10.39
+
+ArrayOrTensor = Union[np.ndarray, torch.Tensor]
+
+
+def normalize_densify(mode: Optional[str]) -> str:
+    """``None`` / ``"none"`` / ``"None"`` / ``""`` → ``"none"``; otherwise one of :data:`DENSIFY_MODES`."""
+    if mode is None:
+        return "none"
+    m = str(mode).strip().lower()
+    if m in ("", "none", "sparse"):
+        return "none"
+    if m not in DENSIFY_MODES:
+        raise ValueError(f"unknown densify mode {mode!r}; choose one of {', '.join(DENSIFY_MODES)}")
+    return m
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :class:`DepthPipeline` (defaults are the paper's).
+
+    Attributes:
+        R, stride: patch size and patch stride (21, 2).
+        densify: ``"none"`` (sparse), ``"w"``, ``"pp"`` or ``"dt"`` (see :data:`DENSIFY_MODES`).
+        rho_prime: optical power (1/m) of the refocused view (10.39).
+        tau: confidence threshold of the sparse depth; ``None`` means 0.05, or 0 for ``"w"``
+            (the authors' choices).
+        bf16: bf16 autocast for the three networks (the renderer stays float32).
+        margin: margin patches ``m`` dropped on every inner tile border (large images, SPEC §4).
+        local_chunk: patches per local-stage forward pass (bounds memory; 256 is fastest on a 2-core CPU,
+            where one batch of 8192 is ~1.5× slower).
+        render_chunk: patches rendered at once (the pair render of 4096 patches at R = 21 is
+            ≈45 MB per tensor in float32).
+        tile_batch: tiles per global-stage forward pass (large images).
+        dt_params: parameters of the domain-transform densifier (``densify="dt"``).
+        dt_guide: guide image of the densifier: ``"mean"`` of the two restored color maps or
+            ``"image1"`` (the restored color map of image 1).
+    """
+
+    R: int = 21
+    stride: int = 2
+    densify: str = "none"
+    rho_prime: float = RHO_PRIME
+    tau: Optional[float] = None
+    bf16: bool = False
+    margin: int = 10
+    local_chunk: int = 256
+    render_chunk: int = 4096
+    tile_batch: int = 1
+    dt_params: DTParams = field(default_factory=DTParams)
+    dt_guide: str = "mean"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "densify", normalize_densify(self.densify))
+        if self.dt_guide not in ("mean", "image1"):
+            raise ValueError(f"dt_guide must be 'mean' or 'image1', got {self.dt_guide!r}")
+        if self.tau is not None and not (0.0 <= self.tau < 1.0):
+            raise ValueError(f"tau={self.tau} must lie in [0, 1)")
+        for name in ("local_chunk", "render_chunk", "tile_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def mask_variant(self) -> str:
+        """Ownership mask of the renderer: the dense ``"w"`` mask for the W variant, else ``"sparse"``."""
+        return "w" if self.densify == "w" else "sparse"
+
+    @property
+    def threshold(self) -> float:
+        """τ: keep depth where confidence > τ (0.05; 0 for the W variant, as the authors do)."""
+        if self.tau is not None:
+            return float(self.tau)
+        return 0.0 if self.densify == "w" else TAU_SPARSE
+
+
+def as_pair_tensor(pair: ArrayOrTensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An image pair ``[2, H, W, 3]`` or ``[2, 3, H, W]`` (array or tensor) → float32 ``[2, 3, H, W]``.
+
+    Raises ``ValueError`` for another shape or non-finite values.
+    """
+    x = torch.as_tensor(np.ascontiguousarray(pair) if isinstance(pair, np.ndarray) else pair)
+    if x.dim() != 4 or x.shape[0] != 2:
+        raise ValueError(f"expected an image pair [2, H, W, 3] or [2, 3, H, W], got shape {list(x.shape)}")
+    if x.shape[1] == 3 and x.shape[-1] != 3:
+        pass                                   # already channels-first
+    elif x.shape[-1] == 3:
+        x = x.permute(0, 3, 1, 2)
+    else:
+        raise ValueError(f"expected 3 color channels (pair [2, H, W, 3] or [2, 3, H, W]), got shape {list(x.shape)}")
+    x = x.to(device=device, dtype=torch.float32).contiguous()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("the image pair contains NaN or infinite values")
+    return x
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DepthPipeline:
+    """Local stage → global stage → renderer → global maps → final depth, for one image pair.
+
+    Args:
+        local_model: a ``LocalStage`` (any module ``[N, 3, R, R] → [N, 10]``).
+        global_model: a ``GlobalStage``; its token grid ``rows × cols`` decides how images are cut:
+            an image whose patch grid equals it is processed whole, a larger one through tiles of
+            ``(rows − 1)·stride + R`` pixels (147 for the paper's 64 × 64 grid).
+        camera: camera parameters (Eq. 7 and refocusing); defaults to the paper's.
+        config: :class:`PipelineConfig`.
+        unet: the depth-completion U-Net, required for ``densify="pp"``.
+        device: where everything runs.
+    """
+
+    def __init__(self, local_model: nn.Module, global_model: nn.Module, camera: CameraParams | None = None,
+                 config: PipelineConfig = PipelineConfig(), unet: nn.Module | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.camera = camera or CameraParams()
+        R, S = config.R, config.stride
+        if getattr(local_model, "R", R) != R:
+            raise ValueError(f"the local stage was built for R={local_model.R} but the pipeline uses R={R}")
+        if getattr(global_model, "stride", S) != S:
+            raise ValueError(f"the global stage was built for stride {global_model.stride} but the pipeline uses {S}")
+        if config.densify == "pp" and unet is None:
+            raise ValueError("densify='pp' needs the depth-completion U-Net (pretrained_depth_completion_pp.pth)")
+        self.local = local_model.to(self.device).eval()
+        self.glob = global_model.to(self.device).eval()
+        self.unet = unet.to(self.device).eval() if unet is not None else None
+        self.renderer = WedgeRenderer(R, self.camera)
+        rows, cols = getattr(global_model, "rows", None), getattr(global_model, "cols", None)
+        if rows is None or cols is None:
+            raise ValueError("the global stage must expose its token grid as .rows and .cols")
+        self.tile_rows, self.tile_cols = int(rows), int(cols)
+
+    # ------------------------------------------------------------------ geometry of the input
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        """Pixel size of the image (or tile) the global stage was built for (147 × 147 by default)."""
+        S, R = self.config.stride, self.config.R
+        return (self.tile_rows - 1) * S + R, (self.tile_cols - 1) * S + R
+
+    def layout(self, H: int, W: int, blocks: Optional[bool] = None) -> Optional[BlockLayout]:
+        """``None`` when the image is processed whole, else its :class:`BlockLayout`.
+
+        ``blocks=None`` decides by size: an image whose patch grid is the global stage's grid is one
+        tile; anything else is cut into tiles. ``blocks=True`` always uses the tile path (an image of
+        exactly one tile then gives the same numbers), ``blocks=False`` never does.
+        """
+        R, S = self.config.R, self.config.stride
+        if H < R or W < R or (H - R) % S or (W - R) % S:
+            raise ValueError(f"image {H}×{W} does not fit the patch grid: (size − R) must be a non-negative "
+                             f"multiple of the stride {S} (R={R}); crop it by a pixel")
+        grid = PatchGrid(H, W, R, S)
+        fits = (grid.Hp, grid.Wp) == (self.tile_rows, self.tile_cols)
+        if blocks is False or (blocks is None and fits):
+            if not fits:
+                th, tw = self.tile_size
+                raise ValueError(f"the global stage was built for {th}×{tw} images but got {H}×{W}; "
+                                 "process it in blocks (blurry_edges_test_big.py) or set --img_size")
+            return None
+        th, tw = self.tile_size
+        if th != tw:
+            raise ValueError(f"tiles must be square; the global stage's grid is {self.tile_rows}×{self.tile_cols}")
+        if H < th or W < tw:
+            raise ValueError(f"image {H}×{W} is smaller than one {th}×{tw} block")
+        return BlockLayout(H, W, self.config.R, self.config.stride, block=th, margin=self.config.margin)
+
+    def _band_rows(self, grid: PatchGrid) -> int:
+        return max(1, self.config.render_chunk // grid.Wp)
+
+    def _band(self, x: torch.Tensor, grid: PatchGrid, r0: int, r1: int) -> tuple[PatchGrid, torch.Tensor]:
+        """Patch rows ``[r0, r1)`` of ``x [N, C, H, W]``: their sub-grid and patches ``[N, n, C, R, R]``."""
+        S, R = grid.stride, grid.R
+        top, bottom = r0 * S, (r1 - 1) * S + R
+        band_grid = PatchGrid(bottom - top, grid.W, R, S)
+        return band_grid, band_grid.unfold(x[..., top:bottom, :])
+
+    # ------------------------------------------------------------------ stages
+    def _global_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, rows·cols, 38]`` → raw ``[B, rows·cols, 12]`` float32."""
+        with autocast_context(self.device, self.config.bf16):
+            out = self.glob(tokens)
+        return out.float()
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+        """Local stage + ridge colors for every patch of both images: ``[2, 3, H, W]`` → tokens ``[P, 38]``."""
+        out = []
+        # Bands only bound memory on large images; whole-image batches for the paper's 147×147.
+        step = max(1, max(self.config.render_chunk, 8192) // grid.Wp)
+        for r0 in range(0, grid.Hp, step):
+            r1 = min(grid.Hp, r0 + step)
+            _, patches = self._band(x, grid, r0, r1)                      # [2, n, 3, R, R]
+            n = patches.shape[1]
+            f = local_features(self.local, self.renderer, patches.reshape(2 * n, *patches.shape[2:]),
+                               chunk=self.config.local_chunk, bf16=self.config.bf16)
+            f = f.view(2, n, -1)
+            out.append(pair_tokens(f[0], f[1]))
+        return torch.cat(out, dim=0)
+
+    @torch.no_grad()
+    def global_params(self, x: torch.Tensor, blocks: Optional[bool] = None,
+                      timing: Optional[dict] = None) -> torch.Tensor:
+        """Raw global-stage outputs over the image's full patch grid: ``[2, 3, H, W]`` → ``[P, 12]``."""
+        H, W = x.shape[-2:]
+        layout = self.layout(H, W, blocks)                                # validates before any work
+        grid = PatchGrid(H, W, self.config.R, self.config.stride)
+        t0 = time.perf_counter()
+        tokens = self.features(x, grid)                                   # [P, 38]
+        _sync(self.device)
+        t1 = time.perf_counter()
+        if layout is None:
+            raw = self._global_forward(tokens[None])[0]
+        else:
+            idx = tile_token_index(layout).to(tokens.device)              # [T, Pb]
+            outs = [self._global_forward(tokens[idx[i:i + self.config.tile_batch]])
+                    for i in range(0, idx.shape[0], self.config.tile_batch)]
+            raw = layout.assemble(torch.cat(outs, dim=0))                 # [P, 12]
+        _sync(self.device)
+        if timing is not None:
+            timing["local"] = t1 - t0
+            timing["global"] = time.perf_counter() - t1
+        return raw
+
+    @torch.no_grad()
+    def render_maps(self, raw: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render every patch from the global outputs and fold once over the full grid (Eqs. 9–20).
+
+        Args:
+            raw: ``[P, 12]`` global-stage outputs over the full patch grid of ``x``.
+            x: ``[2, 3, H, W]`` the noisy pair (the shared colors are fitted to both images).
+        Returns:
+            ``color [2, 3, H, W]``, ``sharpened [3, H, W]``, ``refocused [3, H, W]``, ``boundary [H, W]``,
+            ``depth_raw [H, W]`` (mean wedge depth over the owning patches) and ``confidence [H, W]``.
+        """
+        H, W = x.shape[-2:]
+        grid = PatchGrid(H, W, self.config.R, self.config.stride)
+        if raw.shape != (grid.num_patches, 12):
+            raise ValueError(f"expected raw outputs [{grid.num_patches}, 12], got {list(raw.shape)}")
+        S, R = grid.stride, grid.R
+        # channels: color of image 1 and 2 (6), sharpened (3), refocused (3), boundary, owned, depth
+        acc = torch.zeros(15, H, W, device=x.device, dtype=torch.float32)
+        step = self._band_rows(grid)
+        for r0 in range(0, grid.Hp, step):
+            r1 = min(grid.Hp, r0 + step)
+            band_grid, patches = self._band(x, grid, r0, r1)              # [2, n, 3, R, R]
+            geom, eta = decode_global(raw[r0 * grid.Wp:r1 * grid.Wp])     # [n, 8], [n, 2, 2]
+            pr = self.renderer.render_pair(geom, eta, patches.transpose(0, 1),
+                                           mask_variant=self.config.mask_variant)
+            sharp = self.renderer.sharpened(pr.dists, pr.colors)
+            refoc = self.renderer.refocused(pr.dists, pr.colors, pr.mask, pr.wedge_depth, self.config.rho_prime)
+            owned = (pr.mask > 0).to(torch.float32)
+            stack = torch.cat([pr.patches.flatten(1, 2), sharp, refoc, pr.boundary[:, None],
+                               owned[:, None], (pr.depth * owned)[:, None]], dim=1)    # [n, 15, R, R]
+            top = r0 * S
+            acc[:, top:top + band_grid.H, :] += band_grid.fold_sum(stack[None])[0]
+        cov = grid.coverage(x.device, torch.float32).clamp_min(1)
+        n_owned = acc[13]
+        return {
+            "color": (acc[0:6] / cov).view(2, 3, H, W),
+            "sharpened": acc[6:9] / cov,
+            "refocused": acc[9:12] / cov,
+            "boundary": acc[12] / cov,
+            "depth_raw": acc[14] / n_owned.clamp_min(1),
+            "confidence": n_owned / cov,
+        }
+
+    @torch.no_grad()
+    def finalize_depth(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sparse depth (confidence > τ) and the final depth of the configured mode."""
+        cfg = self.config
+        depth_raw, conf = maps["depth_raw"], maps["confidence"]
+        sparse = torch.where(conf > cfg.threshold, depth_raw, torch.zeros_like(depth_raw))
+        out = {"depth_sparse": sparse}
+        if cfg.densify in ("none", "w"):
+            out["depth"] = sparse
+        elif cfg.densify == "pp":
+            # The authors feed the U-Net the folded depth map itself, not the τ-thresholded one.
+            with autocast_context(self.device, cfg.bf16):
+                dense = self.unet(depth_raw[None, None])
+            out["depth"] = dense.float()[0, 0]
+        else:  # "dt"
+            color = maps["color"]
+            guide = color.mean(dim=0) if cfg.dt_guide == "mean" else color[0]
+            dense, support = domain_transform_densify(sparse, guide.clamp(0, 1), weight=conf,
+                                                      boundary=maps["boundary"], params=cfg.dt_params)
+            out["depth"] = dense.float()
+            out["support"] = support.float()
+        return out
+
+    @torch.no_grad()
+    def run(self, pair: ArrayOrTensor, blocks: Optional[bool] = None) -> dict[str, Any]:
+        """All outputs for one noisy pair (photon counts / α), ``[2, H, W, 3]`` or ``[2, 3, H, W]``.
+
+        Returns a dict of CPU float32 tensors: ``color [2, 3, H, W]`` (restored color maps),
+        ``sharpened [3, H, W]``, ``refocused [3, H, W]``, ``boundary [H, W]``, ``depth_raw [H, W]``
+        (folded depth, 0 where no patch owns the pixel), ``confidence [H, W]``, ``depth_sparse [H, W]``
+        (``depth_raw`` where confidence > τ, else 0), ``depth [H, W]`` (final, per ``densify``;
+        0 = no estimate), ``support [H, W]`` (``dt`` only), and ``timing``: seconds per stage
+        (``local`` includes the color fit, ``render_fold``, ``densify``, ``total``), plus ``tiles``.
+        """
+        _sync(self.device)
+        t0 = time.perf_counter()
+        x = as_pair_tensor(pair, self.device)
+        timing: dict[str, float] = {}
+        raw = self.global_params(x, blocks, timing)
+        t1 = time.perf_counter()
+        maps = self.render_maps(raw, x)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        maps.update(self.finalize_depth(maps))
+        _sync(self.device)
+        t3 = time.perf_counter()
+        timing.update(render_fold=t2 - t1, densify=t3 - t2, total=t3 - t0)
+        out: dict[str, Any] = {k: v.detach().float().cpu() for k, v in maps.items()}
+        layout = self.layout(*x.shape[-2:], blocks)
+        out["tiles"] = 1 if layout is None else len(layout.origins())
+        out["timing"] = timing
+        return out
+
+
+def tile_token_index(layout: BlockLayout) -> torch.Tensor:
+    """For each tile of ``layout``, the full-grid index of each of its patches: ``[T, Pb]`` (row-major).
+
+    Tile origins are multiples of the stride, so tile patch ``(i, j)`` of a tile at pixel
+    ``(r, c)`` is full-grid patch ``(r/S + i, c/S + j)``: the same pixels, hence the same tokens.
+    """
+    S = layout.stride
+    bg, fg = layout.block_grid, layout.full_grid
+    rows, cols = torch.arange(bg.Hp), torch.arange(bg.Wp)
+    out = []
+    for r, c in layout.origins():
+        if r % S or c % S:
+            raise ValueError(f"tile origin ({r}, {c}) is not on the patch grid (stride {S})")
+        out.append(((r // S + rows)[:, None] * fg.Wp + (c // S + cols)[None, :]).flatten())
+    return torch.stack(out)
+
+
+# ====================================================================== building from weight files
+def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Optional[str] = "none",
+                   R: int = 21, stride: int = 2, img_size: Sequence[int] = (147, 147),
+                   camera: CameraParams | None = None, device: torch.device | str = "cpu",
+                   bf16: bool = False, rho_prime: float = RHO_PRIME, margin: int = 10,
+                   local_weights: str | Path | None = None, global_weights: str | Path | None = None,
+                   pp_weights: str | Path | None = None, tile_batch: int = 1,
+                   dt_params: DTParams | None = None, dt_guide: str = "mean",
+                   tau: Optional[float] = None) -> DepthPipeline:
+    """Build the networks, load their weights and return a :class:`DepthPipeline`.
+
+    Weights are our checkpoints or the authors' files, by default
+    ``model_path/{pretrained_local_stage, pretrained_global_stage(_w), pretrained_depth_completion_pp}.pth``
+    (the ``_w`` global weights for ``densify="w"``). ``img_size`` is the size the global stage works
+    on: the whole image for the regular test script, one block for large images (147 × 147).
+    """
+    from .models import WEIGHT_FILES, GlobalStage, LocalStage, UNet, load_weights
+
+    mode = normalize_densify(densify)
+    H, W = int(img_size[0]), int(img_size[1])
+    grid = PatchGrid(H, W, R, stride)
+    if (H - R) % stride or (W - R) % stride:
+        raise ValueError(f"img_size {H}×{W} does not fit the patch grid: (size − R) must be a multiple of the stride")
+    device = torch.device(device)
+    model_path = Path(model_path)
+    local = LocalStage(R=R)
+    load_weights(local, local_weights or model_path / WEIGHT_FILES["local"], map_location="cpu", what="local stage")
+    glob = GlobalStage(patch_rows=grid.Hp, patch_cols=grid.Wp, stride=stride)
+    gkey = "global_w" if mode == "w" else "global"
+    load_weights(glob, global_weights or model_path / WEIGHT_FILES[gkey], map_location="cpu",
+                 what="global stage" + (" (W variant)" if mode == "w" else ""))
+    unet = None
+    if mode == "pp":
+        unet = UNet()
+        load_weights(unet, pp_weights or model_path / WEIGHT_FILES["pp"], map_location="cpu",
+                     what="depth-completion U-Net")
+    config = PipelineConfig(R=R, stride=stride, densify=mode, rho_prime=rho_prime, bf16=bf16, margin=margin,
+                            tile_batch=tile_batch, dt_params=dt_params or DTParams(), dt_guide=dt_guide, tau=tau)
+    return DepthPipeline(local, glob, camera, config, unet=unet, device=device)
+
+
+# ====================================================================== shared command-line pieces
+CAMERA_FIELDS = ("s", "rho_1", "rho_2", "sigma_cam", "pixel_pitch", "mag", "z_min", "z_max")
+
+
+def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--camera JSON`` plus one flag per :class:`CameraParams` field (flags override the file)."""
+    g = parser.add_argument_group("camera (defaults: the paper's; a flag overrides --camera)")
+    g.add_argument("--camera", type=str, default=None, help="JSON file with camera parameters")
+    d = CameraParams()
+    units = {"s": "m", "rho_1": "1/m", "rho_2": "1/m", "sigma_cam": "m", "pixel_pitch": "m", "mag": "",
+             "z_min": "m", "z_max": "m"}
+    for name in CAMERA_FIELDS:
+        g.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{name} ({units[name] or 'factor'}; default {getattr(d, name)})")
+
+
+def camera_given(args: argparse.Namespace) -> bool:
+    return getattr(args, "camera", None) is not None or any(getattr(args, n, None) is not None for n in CAMERA_FIELDS)
+
+
+def camera_from_args(args: argparse.Namespace, fallback: CameraParams | None = None) -> CameraParams:
+    """Camera from ``--camera`` (else ``fallback``, else the defaults) with individual flags on top."""
+    base = CameraParams.from_json(args.camera) if getattr(args, "camera", None) else (fallback or CameraParams())
+    values = base.to_dict()
+    for name in CAMERA_FIELDS:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = float(v)
+    return CameraParams.from_dict(values)
+
+
+def _densify_arg(value: str) -> str:
+    try:
+        return normalize_densify(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> None:
+    """The options of ``blurry_edges_test.py`` (``big=False``) and ``blurry_edges_test_big.py``."""
+    p = parser
+    p.add_argument("--cuda", type=str, default=default_device(),
+                   help="device, e.g. cuda, cuda:0 or cpu (default: cuda if available, else cpu)")
+    p.add_argument("--model_path", type=str, default="./pretrained_weights",
+                   help="folder with the weight files (the authors' names)")
+    p.add_argument("--img_size", type=int, nargs=2, default=[147, 147], metavar=("H", "W"),
+                   help="image size the global stage works on" + (" (the block size)" if big else ""))
+    if big:
+        p.add_argument("--big_img_size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="expected size of the large images (default: whatever the test set holds; "
+                            "any 147 + 2k with stride 2, the paper recommends 147 + 4x)")
+        p.add_argument("--n_margin_patch", type=int, default=10,
+                       help="margin patches dropped on every inner block border")
+    p.add_argument("--R", type=int, default=21, help="patch size")
+    p.add_argument("--stride", type=int, default=2, help="patch stride")
+    p.add_argument("--data_path", type=str, default="./data/data_test_big" if big else "./data/data_test",
+                   help="test set (ours or the authors' images_ny.npy / depth_maps.npy / alphas.npy)")
+    p.add_argument("--log_path", type=str, default="./logs", help="outputs go to LOG_PATH/RUN_NAME/")
+    p.add_argument("--run_name", type=str, default=None,
+                   help="sub-folder of --log_path (default: test[_big]_<densify>[_bf16])")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="scenes are processed one at a time; this many 147×147 blocks share a "
+                        "global-stage forward pass" if big else "kept for compatibility: scenes are processed one at a time")
+    p.add_argument("--crop", type=int, default=10, help="pixels cropped on every side before the metrics")
+    p.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
+    p.add_argument("--densify", type=_densify_arg, default="none", nargs="?", const="none",
+                   help="none (sparse, default), w (dense-mask global weights), pp (U-Net completion) "
+                        "or dt (domain-transform densifier)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
+    p.add_argument("--max_scenes", type=int, default=None, help="evaluate only the first N scenes")
+    p.add_argument("--no_figures", action="store_true", help="skip the per-scene PNG figures")
+    p.add_argument("--local_weights", type=str, default=None, help="override MODEL_PATH/pretrained_local_stage.pth")
+    p.add_argument("--global_weights", type=str, default=None,
+                   help="override MODEL_PATH/pretrained_global_stage.pth (…_w.pth for --densify w)")
+    p.add_argument("--pp_weights", type=str, default=None,
+                   help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
+    p.add_argument("--dt_guide", choices=("mean", "image1"), default="mean",
+                   help="guide of --densify dt: mean of both restored color maps, or image 1's")
+    p.add_argument("--dt_confidence_weighted", action="store_true",
+                   help="--densify dt: weight samples by the confidence map")
+    add_camera_arguments(p)
+
+
+# ====================================================================== evaluation over a test set
+def _to_hwc(t: torch.Tensor) -> np.ndarray:
+    return t.movedim(-3, -1).numpy()
+
+
+def save_scene_npz(path: Path, noisy: np.ndarray, out: dict[str, Any], gt: Optional[np.ndarray]) -> None:
+    """Every map of one scene (images channel-last, float32)."""
+    arrays = {
+        "noisy": np.asarray(noisy, dtype=np.float32),
+        "restored": _to_hwc(out["color"]),
+        "sharpened": _to_hwc(out["sharpened"]),
+        "refocused": _to_hwc(out["refocused"]),
+        "boundary": out["boundary"].numpy(),
+        "confidence": out["confidence"].numpy(),
+        "depth_raw": out["depth_raw"].numpy(),
+        "depth_sparse": out["depth_sparse"].numpy(),
+        "depth": out["depth"].numpy(),
+    }
+    if "support" in out:
+        arrays["support"] = out["support"].numpy()
+    if gt is not None:
+        arrays["gt_depth"] = np.asarray(gt, dtype=np.float32)
+    np.savez_compressed(path, **arrays)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.4f}"
+
+
+def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, crop: int = 10,
+                      max_scenes: Optional[int] = None, figures: bool = True, blocks: Optional[bool] = None,
+                      run_args: Optional[dict] = None, display_bgr: bool = False,
+                      progress: bool = True) -> dict:
+    """Run the pipeline on every scene of ``dataset`` (items ``(noisy [2, H, W, 3], depth [H, W])``).
+
+    Writes ``scene_XXXX.npz`` (every map), ``scene_XXXX.png`` (figure, unless ``figures=False``),
+    ``summary.csv`` and ``summary.json`` under ``out_dir``; returns the summary dict. Running time
+    per scene is the pipeline's (network input to final depth), as the authors time it.
+    """
+    from tqdm import tqdm
+
+    from .visualize import save_scene_figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cam = pipeline.camera
+    n = len(dataset) if max_scenes is None else min(len(dataset), max_scenes)
+    rows: list[dict] = []
+    metrics = []
+    it = tqdm(range(n), desc="scenes", disable=not progress, file=sys.stdout)
+    for i in it:
+        noisy, gt = dataset[i]
+        noisy_np = np.asarray(noisy, dtype=np.float32)
+        gt_np = np.asarray(gt, dtype=np.float32)
+        out = pipeline.run(noisy_np, blocks=blocks)
+        m = eval_depth(out["depth"].numpy(), gt_np, crop=crop, z_min=cam.z_min, z_max=cam.z_max)
+        metrics.append(m)
+        t = out["timing"]
+        row = {"scene": i, **{k: getattr(m, k) for k in METRIC_NAMES}, "n_pixels": m.n_pixels,
+               "time_s": t["total"], **{f"time_{k}_s": v for k, v in t.items() if k != "total"}}
+        rows.append(row)
+        msg = (f"scene {i:04d}: delta1={_fmt(m.delta1)} delta2={_fmt(m.delta2)} delta3={_fmt(m.delta3)} "
+               f"RMSE={_fmt(m.rmse_cm)} cm AbsRel={_fmt(m.absrel)} time={t['total']:.2f} s")
+        it.write(msg) if progress else print(msg)
+        stem = out_dir / f"scene_{i:04d}"
+        save_scene_npz(stem.with_suffix(".npz"), noisy_np, out, gt_np)
+        if figures:
+            save_scene_figure(stem.with_suffix(".png"), noisy_np, out, gt_np, z_min=cam.z_min, z_max=cam.z_max,
+                              rho_prime=pipeline.config.rho_prime, bgr=display_bgr,
+                              title=f"scene {i:04d}  ({pipeline.config.densify})")
+    avg = average_metrics(metrics)
+    times = [r["time_s"] for r in rows]
+    summary = {
+        "args": run_args or {},
+        "camera": cam.to_dict(),
+        "config": asdict(pipeline.config),
+        "device": str(pipeline.device),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "n_scenes": n,
+        "per_scene": rows,
+        "average": avg,
+        "mean_time_s": float(np.mean(times)) if times else float("nan"),
+        "median_time_s": float(np.median(times)) if times else float("nan"),
+        "mean_time_after_first_s": float(np.mean(times[1:])) if len(times) > 1 else None,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    with open(out_dir / "summary.csv", "w", newline="") as fh:
+        fields = list(rows[0].keys()) if rows else ["scene", *METRIC_NAMES, "n_pixels", "time_s"]
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        w.writerow({"scene": "mean", **{k: avg[k] for k in METRIC_NAMES}, "time_s": summary["mean_time_s"]})
+    return summary
+
+
+def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> int:
+    """Entry point of ``blurry_edges_test.py`` / ``blurry_edges_test_big.py``; returns an exit code."""
+    from .data import TestSceneDataset
+
+    parser = argparse.ArgumentParser(
+        description=("Blurry-Edges evaluation on large images through 147×147 blocks (SPEC §4)" if big else
+                     "Blurry-Edges evaluation on a test set: per-scene depth metrics, figures and maps"))
+    add_eval_arguments(parser, big=big)
+    args = parser.parse_args(argv)
+    try:
+        dataset = TestSceneDataset(args.data_path)
+    except FileNotFoundError as e:
+        print(f"error: no test set: {e}\nA quick one: `python test_data_generator.py{' --big' if big else ''} "
+              f"--data_path {args.data_path} --source builtin --num_sample_test 5` (the builtin sources need no "
+              "download; the paper's set uses MS-COCO objects on paintings)", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: cannot read the test set at {args.data_path}: {e}", file=sys.stderr)
+        return 2
+    H, W = dataset.img_size
+    if big and args.big_img_size is not None and tuple(args.big_img_size) != (H, W):
+        print(f"error: --big_img_size {args.big_img_size[0]} {args.big_img_size[1]} but the test set at "
+              f"{args.data_path} holds {H}×{W} images; drop the option or pass the matching size", file=sys.stderr)
+        return 2
+    if not big and (H, W) != tuple(args.img_size):
+        print(f"error: the test set at {args.data_path} holds {H}×{W} images but --img_size is "
+              f"{args.img_size[0]} {args.img_size[1]}; pass --img_size {H} {W} or use blurry_edges_test_big.py "
+              "for large images", file=sys.stderr)
+        return 2
+    dataset_camera = getattr(dataset, "camera", None)
+    try:
+        camera = camera_from_args(args, fallback=dataset_camera)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
+        print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
+    dt = DTParams(confidence_weighted=args.dt_confidence_weighted)
+    try:
+        pipeline = build_pipeline(
+            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
+            img_size=args.img_size, camera=camera, device=args.cuda, bf16=args.bf16, rho_prime=args.rho_prime,
+            margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
+            global_weights=args.global_weights, pp_weights=args.pp_weights,
+            tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide)
+        if big:
+            pipeline.layout(H, W, blocks=True)        # size checks before the first scene
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_name = args.run_name or f"test{'_big' if big else ''}_{'sparse' if args.densify == 'none' else args.densify}" \
+                                f"{'_bf16' if args.bf16 else ''}"
+    out_dir = Path(args.log_path) / run_name
+    print(f"{len(dataset)} scenes of {H}×{W} ({dataset.format} format) from {args.data_path}; device {args.cuda}, "
+          f"densify={args.densify}, bf16={args.bf16}"
+          + (f", {len(pipeline.layout(H, W, blocks=True).origins())} blocks per image" if big else ""))
+    summary = evaluate_test_set(
+        pipeline, dataset, out_dir, crop=args.crop, max_scenes=args.max_scenes, figures=not args.no_figures,
+        blocks=True if big else None, run_args=vars(args),
+        display_bgr=getattr(dataset, "channel_order", "RGB") == "BGR")
+    avg = summary["average"]
+    print(f"\nAverage over {summary['n_scenes']} scenes: delta1={_fmt(avg['delta1'])} delta2={_fmt(avg['delta2'])} "
+          f"delta3={_fmt(avg['delta3'])} RMSE={_fmt(avg['rmse_cm'])} cm AbsRel={_fmt(avg['absrel'])}")
+    print(f"Average running time: {summary['mean_time_s']:.3f} s per scene")
+    print(f"Outputs written to {out_dir}/ (scene_XXXX.npz{'' if args.no_figures else ', scene_XXXX.png'}, "
+          "summary.csv, summary.json)")
+    return 0

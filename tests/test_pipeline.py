@@ -1,0 +1,222 @@
+"""DepthPipeline: outputs of every densify mode, banded fold = one fold, block path = whole-image path,
+multi-block assembly = the per-block computation, input checks.
+
+Small geometry for speed (R = 11, 25×25 images → an 8×8 patch grid), randomly initialized
+networks; the paper's geometry (R = 21, 147×147, 64×64 tokens) is checked for its layout only.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from blurry_edges.models import GlobalStage, LocalStage, UNet
+from blurry_edges.patches import PatchGrid
+from blurry_edges.pipeline import (DepthPipeline, PipelineConfig, as_pair_tensor, normalize_densify,
+                                   tile_token_index)
+from blurry_edges.wedges import decode_global
+
+R, H, GRID = 11, 25, 8
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    return LocalStage(R).eval(), GlobalStage(GRID, GRID).eval(), UNet().eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    g = torch.Generator().manual_seed(1)
+    # a two-region scene with noise, so the networks see some structure
+    img = torch.full((2, 3, H, H), 0.3)
+    img[:, :, :, H // 2:] = 0.7
+    return (img + 0.05 * torch.randn(img.shape, generator=g)).clamp(0, 1)
+
+
+class _CheapLocal(nn.Module):
+    """Stand-in for the 7 M-parameter local stage where only the plumbing is under test."""
+
+    def __init__(self, R: int):
+        super().__init__()
+        self.R = R
+        self.fc = nn.Linear(3 * R * R, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def make(nets, cheap: bool = False, **kw) -> DepthPipeline:
+    local, glob, unet = nets
+    if cheap:
+        torch.manual_seed(0)
+        local = _CheapLocal(R)
+    kw.setdefault("margin", 2)
+    return DepthPipeline(local, glob, config=PipelineConfig(R=R, **kw), unet=unet)
+
+
+@pytest.fixture(scope="module")
+def runs(nets, pair):
+    """One run per densify mode with the real (random) networks, shared by the tests below."""
+    return {mode: make(nets, densify=mode).run(pair) for mode in ("none", "w", "pp", "dt")}
+
+
+@pytest.mark.parametrize("mode", ["none", "w", "pp", "dt"])
+def test_outputs_every_mode(runs, mode):
+    out = runs[mode]
+    shapes = {"color": (2, 3, H, H), "sharpened": (3, H, H), "refocused": (3, H, H), "boundary": (H, H),
+              "depth_raw": (H, H), "confidence": (H, H), "depth_sparse": (H, H), "depth": (H, H)}
+    for k, s in shapes.items():
+        assert tuple(out[k].shape) == s, k
+        assert out[k].dtype == torch.float32 and torch.isfinite(out[k]).all(), k
+    assert 0 <= out["confidence"].min() and out["confidence"].max() <= 1
+    assert 0 <= out["boundary"].min() and out["boundary"].max() <= 1 + 1e-6
+    tau = 0.0 if mode == "w" else 0.05
+    kept = out["confidence"] > tau
+    assert torch.equal(out["depth_sparse"][~kept], torch.zeros(int((~kept).sum())))
+    assert torch.equal(out["depth_sparse"][kept], out["depth_raw"][kept])
+    if mode in ("none", "w"):
+        assert torch.equal(out["depth"], out["depth_sparse"])
+    if mode == "dt":
+        assert tuple(out["support"].shape) == (H, H)
+    assert set(out["timing"]) >= {"local", "global", "render_fold", "densify", "total"}
+    assert out["tiles"] == 1
+
+
+def test_w_variant_uses_dense_mask(nets, pair):
+    p = make(nets, cheap=True, densify="none")
+    pw = make(nets, cheap=True, densify="w")
+    assert pw.config.mask_variant == "w" and pw.config.threshold == 0.0 and p.config.threshold == 0.05
+    x = as_pair_tensor(pair)
+    raw = p.global_params(x)
+    sparse, dense = p.render_maps(raw, x), pw.render_maps(raw, x)
+    # same geometry: the dense ownership mask gives depth to (many) more pixels
+    assert (dense["confidence"] > 0).sum() > (sparse["confidence"] > 0).sum()
+
+
+def test_pp_gets_the_unthresholded_folded_depth(nets, pair):
+    seen = {}
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen["x"] = x.clone()
+            return x * 0 + 1.0
+
+    local, glob, _ = nets
+    p = DepthPipeline(local, glob, config=PipelineConfig(R=R, densify="pp"), unet=Spy())
+    out = p.run(pair)
+    assert torch.equal(seen["x"][0, 0].cpu(), out["depth_raw"])   # not depth_sparse (the authors' input)
+    assert torch.all(out["depth"] == 1.0)
+
+
+def test_banded_fold_equals_one_fold(nets, pair):
+    p1 = make(nets, cheap=True, render_chunk=GRID * GRID)            # one band
+    p2 = make(nets, cheap=True, render_chunk=GRID)                   # 16 bands of one patch row
+    x = as_pair_tensor(pair)
+    raw = p1.global_params(x)
+    a, b = p1.render_maps(raw, x), p2.render_maps(raw, x)
+    for k in ("color", "sharpened", "refocused", "boundary", "depth_raw", "confidence"):
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
+    # and the folds equal the library's PatchGrid folds of a single full render
+    grid = PatchGrid(H, H, R, 2)
+    geom, eta = decode_global(raw)
+    patches = grid.unfold(x)                                           # [2, P, 3, R, R]
+    pr = p1.renderer.render_pair(geom, eta, patches.transpose(0, 1))
+    color = grid.fold_mean(pr.patches.transpose(0, 1))                 # [2, 3, H, W]
+    depth, conf = grid.fold_depth(pr.depth[None], pr.mask[None])
+    torch.testing.assert_close(a["color"], color, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a["depth_raw"], depth[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a["confidence"], conf[0], atol=1e-6, rtol=0)
+
+
+def test_block_path_on_one_block_equals_whole_image(nets, pair):
+    p = make(nets, densify="none")              # real local stage: the full path, twice
+    a, b = p.run(pair), p.run(pair, blocks=True)
+    assert p.layout(H, H, blocks=True) is not None and len(p.layout(H, H, blocks=True).origins()) == 1
+    for k in ("color", "sharpened", "refocused", "boundary", "depth_raw", "confidence", "depth"):
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_multi_block_assembly_matches_per_block_runs(nets):
+    """37×37 = two 25-pixel blocks per axis (step 25 − 11 + 2 − 2·2·1 = 12 px = 6 patches, m = 1).
+
+    Reference, computed independently the way the authors do: run every block as its own image and
+    keep, along each axis, local patch indices [m·(i>0), Hb − m·(i<last)) at full-grid offset i·(Hb − 2m).
+    """
+    p = make(nets, cheap=True, margin=1)
+    g = torch.Generator().manual_seed(3)
+    size, step, m, hb, n_block = 37, 12, 1, GRID, 2
+    x = torch.rand(2, 3, size, size, generator=g)
+    raw = p.global_params(x, blocks=True)
+    full = PatchGrid(size, size, R, 2)
+    assert raw.shape == (full.num_patches, 12)
+    ref = torch.full((full.Hp, full.Wp, 12), float("nan"))
+    for iv in range(n_block):
+        for ih in range(n_block):
+            r0, c0 = iv * step, ih * step
+            tile_raw = p.global_params(x[..., r0:r0 + H, c0:c0 + H]).view(hb, hb, 12)
+            lo_v, hi_v = (m if iv > 0 else 0), (hb - m if iv < n_block - 1 else hb)
+            lo_h, hi_h = (m if ih > 0 else 0), (hb - m if ih < n_block - 1 else hb)
+            ref[r0 // 2 + lo_v:r0 // 2 + hi_v, c0 // 2 + lo_h:c0 // 2 + hi_h] = tile_raw[lo_v:hi_v, lo_h:hi_h]
+    assert not torch.isnan(ref).any()
+    torch.testing.assert_close(raw.view(full.Hp, full.Wp, 12), ref, atol=1e-5, rtol=1e-5)
+    out = p.run(x)                                                     # auto: 37 ≠ 25 → blocks
+    assert out["tiles"] == 4 and tuple(out["depth"].shape) == (size, size)
+
+
+def test_tile_token_index_is_the_full_grid_position(nets):
+    p = make(nets, cheap=True, margin=2)
+    lay = p.layout(37, 49, blocks=True)
+    idx = tile_token_index(lay)
+    assert idx.shape == (len(lay.origins()), GRID * GRID)
+    full = lay.full_grid
+    for t, (r, c) in enumerate(lay.origins()):
+        assert int(idx[t, 0]) == (r // 2) * full.Wp + c // 2
+        assert int(idx[t, -1]) == (r // 2 + GRID - 1) * full.Wp + c // 2 + GRID - 1
+
+
+def test_input_layouts_and_errors(nets, pair):
+    p = make(nets, cheap=True)
+    a = p.run(pair)
+    b = p.run(pair.permute(0, 2, 3, 1).numpy())                        # [2, H, W, 3] array
+    torch.testing.assert_close(a["depth"], b["depth"])
+    bad = pair.clone()
+    bad[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        p.run(bad)
+    with pytest.raises(ValueError, match="pair"):
+        p.run(pair[0])
+    with pytest.raises(ValueError, match="built for 25×25"):
+        p.run(torch.rand(2, 3, 27, 27), blocks=False)
+    with pytest.raises(ValueError, match="smaller"):
+        p.run(torch.rand(2, 3, 23, 23))
+    with pytest.raises(ValueError, match="stride"):
+        p.run(torch.rand(2, 3, 26, 26))
+    with pytest.raises(ValueError, match="densify"):
+        normalize_densify("dense")
+    assert normalize_densify(None) == normalize_densify("None") == "none"
+    local, glob, _ = nets
+    with pytest.raises(ValueError, match="U-Net"):
+        DepthPipeline(local, glob, config=PipelineConfig(R=R, densify="pp"))
+    with pytest.raises(ValueError, match="R=11"):
+        DepthPipeline(local, glob, config=PipelineConfig(R=21))
+
+
+def test_bf16_runs_and_stays_close(nets, pair, runs):
+    a = runs["none"]
+    b = make(nets, bf16=True).run(pair)
+    for k in ("color", "boundary", "confidence", "depth"):
+        assert torch.isfinite(b[k]).all()
+    # colors are fitted in float32 from bf16 geometry: the restored maps stay close
+    assert (a["color"] - b["color"]).abs().mean() < 0.05
+
+
+def test_paper_geometry_layout():
+    """R = 21, stride 2, 64×64 tokens: 147×147 is one image; 587×587 is 6×6 blocks of 147."""
+    p = DepthPipeline(_CheapLocal(21), GlobalStage(), config=PipelineConfig(R=21))
+    assert p.tile_size == (147, 147)
+    assert p.layout(147, 147) is None
+    big = p.layout(587, 587)
+    assert big.step == 88 and len(big.origins()) == 36
+    assert tile_token_index(big).shape == (36, 4096)
+    assert p.layout(235, 147) is not None                      # 147 + 88: rectangular images work too
