@@ -3,7 +3,7 @@
 * the renderer, forward + backward, for the 8192 patches of one 147×147 pair (global-stage shape);
 * local-stage inference for one 147×147 pair (8192 patches of 21×21) in fp32 and bf16 autocast.
 
-    python benchmarks/bench_library.py [--device cpu|cuda] [--repeats 3]
+    python benchmarks/bench_library.py [--device cpu|cuda] [--repeats 3] [--chunk 256]
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--R", type=int, default=21)
+    ap.add_argument("--chunk", type=int, default=256, help="patches per local-stage forward (the pipeline's default)")
     args = ap.parse_args()
     device = torch.device(args.device)
     R, P = args.R, 64 * 64
@@ -63,14 +64,15 @@ def main() -> None:
     model = LocalStage(R).to(device).eval()
     x = torch.rand(2 * P, 3, R, R, generator=g).to(device)
 
-    def local(bf16: bool, chunk: int = 8192):
+    def local(bf16: bool, chunk: int = args.chunk):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for i in range(0, x.shape[0], chunk):
                 model(x[i:i + chunk])
 
     for bf16 in (False, True):
         t = timeit(lambda: local(bf16), device, args.repeats)
-        print(f"local stage inference, {2 * P} patches, {'bf16 autocast' if bf16 else 'fp32'}: {t:.2f} s")
+        print(f"local stage inference, {2 * P} patches in chunks of {args.chunk}, "
+              f"{'bf16 autocast' if bf16 else 'fp32'}: {t:.2f} s")
 
 
 if __name__ == "__main__":
