@@ -198,6 +198,28 @@ def _check_meta(value: Any, where: str = "meta") -> None:
     raise TypeError(f"{where} holds a {type(value).__name__}; use plain numbers, strings, lists and dicts")
 
 
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over ``path``.
+
+    A crash never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weight files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
 def save_weights(
     model: nn.Module, path: PathLike, meta: dict[str, Any] | None = None, half: bool = False
 ) -> Path:
@@ -230,17 +252,4 @@ def save_weights(
             tensor = small
         state[key] = tensor.clone()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"model": state, "meta": info}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weight files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save({"model": state, "meta": info}, path)
