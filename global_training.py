@@ -3,7 +3,7 @@
     python global_data_pre_cal.py ...                     # first: the local stage's tokens
     python global_training.py [--data_path ./data/data_train_val] [--cuda cuda:0]
     python global_training.py --densify w --init_from ./pretrained_weights/best_run_exp_global_stage.pth \\
-                              --dynamic_epoch 0 0 0 --epoch_num 100           # W variant (README, "Training")
+                              --dynamic_epoch 0 0 0 --epoch_num 100           # W variant (the README section Training)
     torchrun --nproc_per_node 4 global_training.py ...    # several GPUs (DDP)
 
 Sparse (the paper's): AdamW (lr 1e-4), global batch 8, 350 epochs, gradient-norm clip 1, seed
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
         if args.bf16 and ctx.is_main:
             print("warning: --bf16 is not recommended for the global stage: depth comes from η1² − η2², a "
                   "difference of nearly equal numbers, and bf16 outputs moved the loss by up to ~7 % in our "
-                  "measurements (README, "Training"); the local stage and the U-Net stay within 1 %", file=sys.stderr)
+                  "measurements (the README section Training); the local stage and the U-Net stay within 1 %", file=sys.stderr)
         variant = "w" if args.densify == "w" else "sparse"
         root = Path(args.data_path)
         for split in ("train", "val"):

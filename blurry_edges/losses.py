@@ -5,7 +5,7 @@
   ``dynamic_epoch`` epochs (β schedule).
 * :class:`GlobalSchedule` / :class:`GlobalLoss` – the global stage: seven terms over all patches of
   an image pair, weighted by a three-phase γ schedule. With ``mask_variant="w"`` and a dense depth
-  target the same class gives the objective of the "W" variant (our design; see ``README, "Training"``).
+  target the same class gives the objective of the "W" variant (our design; see ``the README section Training``).
 * :func:`depth_completion_loss` – the U-Net of "Ours-PP" (our design).
 
 Everything that does not change between steps (pixel coordinates, the fold normalizer) is cached
@@ -320,7 +320,7 @@ class GlobalLoss:
 # ============================================================================ depth completion
 def depth_completion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1",
                           valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Loss of the depth-completion U-Net (our design, ``README, "Training"``).
+    """Loss of the depth-completion U-Net (our design, ``the README section Training``).
 
     Args:
         pred, target: ``[B, 1, H, W]`` depth in metres (target: dense ground truth).

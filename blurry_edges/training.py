@@ -732,7 +732,7 @@ class GlobalTask(Task):
 
 
 class DepthCompletionTask(Task):
-    """Depth-completion U-Net of "Ours-PP" (our design, ``README, "Training"``).
+    """Depth-completion U-Net of "Ours-PP" (our design, ``the README section Training``).
 
     Batches ``(sparse [B,H,W], dense [B,H,W])`` in metres: the global stage's depth map (0 where no
     patch owns the pixel, the map the authors' test script feeds the U-Net) and the ground truth.

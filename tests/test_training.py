@@ -255,7 +255,7 @@ def test_local_fit_and_lr_policy(tmp_path):
 #: Relative tolerance of the bf16-autocast loss against float32 on one batch, for the stages where
 #: ``--bf16`` is recommended (local stage, U-Net; measured ≈ 1e-5 … 2e-4). The global stage is not
 #: among them: its depth term turns η1² − η2² into depth, a difference of nearly equal numbers, and
-#: bf16 outputs move the loss by up to ~7 % (see README, "Training").
+#: bf16 outputs move the loss by up to ~7 % (see the README section Training).
 BF16_REL_TOL = 1e-2
 
 
