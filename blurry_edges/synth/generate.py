@@ -94,8 +94,14 @@ def parallel_imap(fn: Callable, items: Iterable, workers: int, chunksize: int = 
         finally:
             cv2.setNumThreads(previous)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(workers, initializer=_init_worker) as pool:
+    # not "fork": forking a parent whose OpenMP/OpenCV thread pools are already running can
+    # deadlock the children (seen here: a pool hung in futex_wait); a fork server is fork-safe.
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        # the server imports the synthesis code once; every worker forks from it ready to go
+        ctx.set_forkserver_preload([__name__, getattr(fn, "__module__", None) or __name__])
+    with ctx.Pool(workers, initializer=_init_worker) as pool:
         if window is None:
             yield from pool.imap(fn, items, chunksize)
         else:
