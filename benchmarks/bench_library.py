@@ -9,29 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 
 from blurry_edges.models import LocalStage
 from blurry_edges.wedges import WedgeRenderer
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+# the same best-of timer as the inference benchmark (this folder is on sys.path when run as a script)
+from bench_inference import best_of as timeit
 
 
 def main() -> None:
