@@ -24,6 +24,7 @@ from pathlib import Path
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import PatchGrid
+from blurry_edges.stages import resolve_bf16
 from blurry_edges.training import (GlobalTask, add_basic_args, add_runtime_args, check_weights_meta,
                                    cleanup_distributed, fit, loop_config, print_outputs, resolve_camera,
                                    resolve_setting, set_seed, setup_distributed)
@@ -79,7 +80,7 @@ def main(argv=None) -> dict:
     ctx = setup_distributed(args.cuda)
     try:
         set_seed(args.seed, args.deterministic)
-        if args.bf16 and ctx.is_main:
+        if resolve_bf16(args.bf16, ctx.device) and ctx.is_main:
             print("warning: --bf16 is not recommended for the global stage: depth comes from η1² − η2², a "
                   "difference of nearly equal numbers, and bf16 outputs moved the loss by up to ~7 % in our "
                   "measurements (the README section Training); the local stage and the U-Net stay within 1 %", file=sys.stderr)

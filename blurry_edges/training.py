@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from .models import save_weights
 from .models.weights import atomic_torch_save
+from .stages import resolve_bf16
 
 CHECKPOINT_FORMAT = "blurry_edges.training/1"
 
@@ -285,9 +286,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast for the networks' forward passes (losses are computed in float32)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from .stages import autocast_context
+    return autocast_context(device, enabled)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -308,9 +308,16 @@ class Task:
     model: nn.Module
     device: torch.device = torch.device("cpu")   # set by fit()
     bf16: bool = False                           # set by fit()
+    channels_last: bool = False                  # set by fit(): convolutional models on the CPU
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The network's forward pass (under bf16 autocast when asked), output cast to float32."""
+        """The network's forward pass (under bf16 autocast when asked), output cast to float32.
+
+        With ``channels_last`` (a convolutional model on the CPU, see :func:`fit`) 4-D inputs are
+        passed in that memory format, which oneDNN's convolutions run 1.4–2× faster.
+        """
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.bf16):
             out = model(x)
         return out.float()
@@ -401,6 +408,9 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
 
     model = task.model.to(device)
     task.device, task.bf16 = device, cfg.bf16
+    task.channels_last = device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if task.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if ctx.distributed:
         if device.type == "cuda" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             # one BatchNorm over the whole global batch, as on the authors' single GPU
@@ -410,6 +420,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = task.make_scheduler(optimizer)
 
+    if ctx.is_main:
+        threads = torch.get_num_threads()
+        print(f"{task.name}: {ctx.world_size} process(es) × {threads} thread(s) on {device}, "
+              f"{'bf16 autocast' if cfg.bf16 else 'float32'}{', channels_last' if task.channels_last else ''}")
     ckpt_file = checkpoint_path(cfg, task)
     start_epoch, best_loss, best_epoch, curve = 0, math.inf, -1, []
     resumed = False
@@ -567,8 +581,10 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministi
                    help="continue from the checkpoint in --checkpoint_dir (starts fresh if there is none)")
     g.add_argument("--max_minutes", type=float, default=None,
                    help="stop cleanly after the last epoch that fits in this many minutes (then --resume)")
-    g.add_argument("--bf16", action="store_true",
-                   help="run the network under bf16 autocast (losses stay float32)")
+    g.add_argument("--bf16", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 autocast for the network (losses stay float32): 'auto' (default) = on where the "
+                        "CPU computes bf16 natively (AVX512_BF16/AMX), off on GPUs and other CPUs; "
+                        "a bare --bf16 means 'on'")
     g.add_argument("--num_workers", type=int, default=None,
                    help="DataLoader worker processes (default: 4 on CUDA, 0 on the CPU)")
     if deterministic:
@@ -596,7 +612,8 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
     return LoopConfig(epochs=args.epoch_num, batch_size=args.batch_size, learning_rate=args.learning_rate,
                       seed=args.seed, log_path=args.log_path, model_path=args.model_path,
                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, max_minutes=args.max_minutes,
-                      bf16=args.bf16, num_workers=args.num_workers, args=plain(args), progress=args.progress)
+                      bf16=resolve_bf16(args.bf16, parse_device(args.cuda)), num_workers=args.num_workers,
+                      args=plain(args), progress=args.progress)
 
 
 def print_outputs(outputs: dict[str, Any], ctx: DistContext) -> None:
