@@ -51,6 +51,16 @@ def autocast_context(device: torch.device, bf16: bool):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+def uses_channels_last(model: torch.nn.Module) -> bool:
+    """True when the model's convolutions hold channels_last weights (then feed it channels_last
+    inputs: on the CPU oneDNN runs them 1.4–2× faster, README "Training on a CPU")."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1:
+            w = m.weight
+            return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    return False
+
+
 @torch.no_grad()
 def local_features(model: torch.nn.Module, renderer: WedgeRenderer, patches: torch.Tensor, *,
                    chunk: int = 8192, bf16: bool = False) -> torch.Tensor:
@@ -65,8 +75,9 @@ def local_features(model: torch.nn.Module, renderer: WedgeRenderer, patches: tor
         ``[M, 19]`` float32 features (see ``encode_global_input``); colors are fitted on the noisy patches.
     """
     out = []
+    memory_format = torch.channels_last if uses_channels_last(model) else torch.contiguous_format
     for start in range(0, patches.shape[0], chunk):
-        x = patches[start:start + chunk].float()
+        x = patches[start:start + chunk].float().contiguous(memory_format=memory_format)
         with autocast_context(x.device, bf16):
             raw = model(x)
         geom, e = decode_local(raw.float())

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from .models import save_weights
 from .models.weights import atomic_torch_save
-from .stages import resolve_bf16
+from .stages import pair_tokens, resolve_bf16
 
 CHECKPOINT_FORMAT = "blurry_edges.training/1"
 
@@ -322,9 +322,15 @@ class Task:
             out = model(x)
         return out.float()
 
-    def schedule(self, epoch: int) -> Any:
-        """Loss weights for training during ``epoch`` (0-based)."""
+    def schedule(self, epoch: float) -> Any:
+        """Loss weights for training during ``epoch`` (0-based; fractional when
+        ``schedule_per_step``)."""
         return None
+
+    @property
+    def schedule_per_step(self) -> bool:
+        """Whether :func:`fit` asks for the weights every step (``epoch + step / steps``)."""
+        return bool(getattr(getattr(self, "sched", None), "continuous", False))
 
     def final_schedule(self) -> Any:
         """Loss weights for validation."""
@@ -338,6 +344,13 @@ class Task:
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer):
         return None
+
+    def step_bytes(self, samples: int) -> Optional[int]:
+        """Estimated peak memory of a training step over ``samples`` samples in one process
+        (``blurry_edges.memory``); ``None``: no estimate, nothing is checked."""
+        return None
+
+    memory_advice: str = "lower --batch_size"
 
     def step_scheduler(self, epoch: int, val_loss: float, scheduler, optimizer) -> tuple[Any, float]:
         """Advance the LR scheduler after validation; return (patience, lr) for the log line."""
@@ -368,6 +381,7 @@ class LoopConfig:
     args: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     curve_dpi: int = 200
+    allow_accumulation: bool = True     # split a batch that would not fit in memory (blurry_edges.memory)
 
 
 def _loader(dataset: Dataset, batch: int, shuffle: bool, cfg: LoopConfig, ctx: DistContext) -> tuple[DataLoader, DistributedSampler]:
@@ -378,6 +392,34 @@ def _loader(dataset: Dataset, batch: int, shuffle: bool, cfg: LoopConfig, ctx: D
                         num_workers=workers, pin_memory=ctx.device.type == "cuda",
                         persistent_workers=workers > 0)
     return loader, sampler
+
+
+def _plan_memory(task: Task, local_batch: int, cfg: LoopConfig, ctx: DistContext):
+    """Check the task's memory estimate before the first step; split the batch if needed.
+
+    Processes on one machine share its memory, so each plans with its share of what is free.
+    Returns ``None`` when the task has no estimate (or runs on a GPU, where the CPU's free memory
+    says nothing). Raises ``MemoryError`` (with the estimate and what to change) when not even
+    one sample per step fits.
+    """
+    from . import memory
+
+    if ctx.device.type != "cpu" or task.step_bytes(1) is None:
+        return None
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    avail = memory.available_bytes() // share
+    plan = memory.plan_batch(local_batch, task.step_bytes, task.name, task.memory_advice,
+                             available=avail, allow_accumulation=cfg.allow_accumulation)
+    if ctx.is_main:
+        if plan.micro_batch < local_batch:
+            print(f"memory: a step over {local_batch} sample(s) per process would need about "
+                  f"{memory.fmt(task.step_bytes(local_batch))} of {memory.fmt(avail)} free per process; "
+                  f"accumulating gradients over {plan.accumulation} micro-batches of {plan.micro_batch} "
+                  f"(about {memory.fmt(plan.estimate)}; same global batch)")
+        else:
+            print(f"memory: about {memory.fmt(plan.estimate)} per process at peak "
+                  f"({memory.fmt(avail)} free per process)")
+    return plan
 
 
 def checkpoint_path(cfg: LoopConfig, task: Task) -> Path:
@@ -445,6 +487,8 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         elif ctx.is_main:
             print(f"--resume: no checkpoint at {ckpt_file}; starting from scratch")
 
+    plan = _plan_memory(task, local_batch, cfg, ctx)
+    micro = plan.micro_batch if plan is not None else local_batch
     train_loader, train_sampler = _loader(train_set, local_batch, True, cfg, ctx)
     val_loader, _ = _loader(val_set, local_batch, False, cfg, ctx)
 
@@ -463,11 +507,24 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         train_sampler.set_epoch(epoch)
         model.train()
         steps = tqdm(train_loader, leave=False, disable=not show, desc=f"epoch {epoch + 1}", dynamic_ncols=True)
-        for batch in steps:
+        n_steps = len(train_loader)
+        for step, batch in enumerate(steps):
+            if task.schedule_per_step:                 # compressed schedules move every step
+                weights = task.schedule(epoch + step / n_steps)
             batch = to_device(batch, device)
-            loss = task.loss(model, batch, weights, train=True)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if micro == local_batch:
+                loss = task.loss(model, batch, weights, train=True)
+                loss.backward()
+            else:                                      # gradient accumulation, same global batch
+                parts = list(zip(*(t.split(micro) for t in batch)))
+                loss = 0.0
+                for i, part in enumerate(parts):
+                    sync = contextlib.nullcontext() if (i == len(parts) - 1 or not ctx.distributed) else model.no_sync()
+                    with sync:
+                        part_loss = task.loss(model, part, weights, train=True) / len(parts)
+                        part_loss.backward()
+                    loss = loss + part_loss.detach()
             if cfg.clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), max_norm=cfg.clip_norm, norm_type=2)
             optimizer.step()
@@ -693,13 +750,20 @@ class GlobalTask(Task):
     """
 
     def __init__(self, grid, camera=None, schedule=None, variant: str = "sparse",
-                 model: Optional[nn.Module] = None) -> None:
+                 model: Optional[nn.Module] = None, crops=None) -> None:
         from .losses import GlobalLoss, GlobalSchedule
         from .models import GlobalStage
         from .wedges import WedgeRenderer
 
         if variant not in ("sparse", "w"):
             raise ValueError(f"unknown global-stage variant {variant!r}; use 'sparse' or 'w'")
+        self.crops = crops            # a patches.CropLayout: train on crops of ``grid`` (CPU recipe)
+        if crops is not None:
+            if (crops.full.H, crops.full.W, crops.full.R, crops.full.stride) != (grid.H, grid.W, grid.R, grid.stride):
+                raise ValueError(f"crops of {crops.full} do not belong to {grid}")
+            self.full_grid, grid = grid, crops.grid
+        else:
+            self.full_grid = grid
         self.grid = grid
         self.variant = variant
         self.name = "exp_global_stage" if variant == "sparse" else "exp_global_stage_w"
@@ -718,6 +782,11 @@ class GlobalTask(Task):
         return self.sched.final()
 
     def loss(self, model, batch, weights, train):
+        origin = None
+        if self.crops is not None:                 # crop items end with their origin in the full grid
+            if batch[-1].dim() != 2 or batch[-1].shape[-1] != 2:
+                raise ValueError("training on crops needs the crop origins: pre-calculate with --crop_tokens")
+            origin, batch = batch[-1], batch[:-1]
         params, noisy, clean, bndry_dist, deri, bndry_depth = batch[:6]
         if self.variant == "w":
             if len(batch) < 7:
@@ -725,8 +794,9 @@ class GlobalTask(Task):
             target = batch[6]
         else:
             target = bndry_depth
-        tokens = torch.cat([params[:, 0], params[:, 1]], dim=-1)          # [B, P, 38] (image 1 first)
-        raw = self.forward(model, tokens)
+        tokens = pair_tokens(params[:, 0], params[:, 1])                   # [B, P, 38] (image 1 first)
+        with autocast(self.device, self.bf16):
+            raw = model(tokens, origin).float()
         noisy = noisy.permute(0, 1, 4, 2, 3)
         clean = clean.permute(0, 1, 4, 2, 3)
         return self.criterion(raw, clean if train else noisy, clean, bndry_dist,
@@ -742,10 +812,23 @@ class GlobalTask(Task):
             scheduler.step(val_loss)
         return shown
 
+    def step_bytes(self, samples: int):
+        from .memory import global_step_bytes
+        attn = getattr(self.model, "attention_dropout", 0.1)
+        return global_step_bytes(samples, self.grid.num_patches, attn)
+
+    @property
+    def memory_advice(self) -> str:
+        return ("train on crops of the patch grid (global_data_pre_cal.py --crop_tokens 24, README 'Training "
+                "on a CPU'), pass --attention_dropout 0 (memory-efficient attention), or lower --batch_size")
+
     def meta(self):
-        g = self.grid
-        return {"stage": "global" if self.variant == "sparse" else "global_w", "R": g.R, "stride": g.stride,
+        g = self.full_grid
+        meta = {"stage": "global" if self.variant == "sparse" else "global_w", "R": g.R, "stride": g.stride,
                 "img_size": [g.H, g.W]}
+        if self.crops is not None:
+            meta["crop_tokens"] = self.crops.tokens
+        return meta
 
 
 class DepthCompletionTask(Task):
@@ -791,6 +874,11 @@ class DepthCompletionTask(Task):
     def step_scheduler(self, epoch, val_loss, scheduler, optimizer):
         scheduler.step(val_loss)
         return scheduler.patience, optimizer.param_groups[0]["lr"]
+
+    def step_bytes(self, samples: int):
+        from .memory import unet_step_bytes
+        H, W = self.source.get("img_size", (147, 147))
+        return unet_step_bytes(samples, int(H), int(W))
 
     def meta(self):
         return dict(self.source, stage="depth_completion", loss=self.loss_kind)
