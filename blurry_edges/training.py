@@ -382,6 +382,9 @@ class LoopConfig:
     progress: bool = True
     curve_dpi: int = 200
     allow_accumulation: bool = True     # split a batch that would not fit in memory (blurry_edges.memory)
+    lr_schedule: str = "plateau"        # "plateau": the task's (the authors'); "cosine": warm-up + cosine decay
+    warmup_frac: float = 0.02           # cosine: fraction of the steps with a linear warm-up
+    min_lr_frac: float = 0.05           # cosine: the learning rate ends at this fraction of the initial one
 
 
 def _loader(dataset: Dataset, batch: int, shuffle: bool, cfg: LoopConfig, ctx: DistContext) -> tuple[DataLoader, DistributedSampler]:
@@ -420,6 +423,19 @@ def _plan_memory(task: Task, local_batch: int, cfg: LoopConfig, ctx: DistContext
             print(f"memory: about {memory.fmt(plan.estimate)} per process at peak "
                   f"({memory.fmt(avail)} free per process)")
     return plan
+
+
+def cosine_lr_factor(step: int, total: int, warmup_frac: float = 0.02, min_frac: float = 0.05) -> float:
+    """Learning-rate factor of a compressed run (README "Training on a CPU"): a linear warm-up over the
+    first ``warmup_frac`` of the ``total`` steps, then a cosine decay from 1 to ``min_frac`` at the
+    last step. A short run ends on a small learning rate instead of the plateau policy's noisy
+    full-size steps, which only start to shrink after many epochs."""
+    total = max(1, int(total))
+    warm = max(1, int(round(warmup_frac * total)))
+    if step < warm:
+        return (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - 1 - warm))
+    return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def checkpoint_path(cfg: LoopConfig, task: Task) -> Path:
@@ -511,6 +527,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         for step, batch in enumerate(steps):
             if task.schedule_per_step:                 # compressed schedules move every step
                 weights = task.schedule(epoch + step / n_steps)
+            if cfg.lr_schedule == "cosine":
+                factor = cosine_lr_factor(epoch * n_steps + step, cfg.epochs * n_steps, cfg.warmup_frac, cfg.min_lr_frac)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * factor
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             if micro == local_batch:
@@ -536,7 +556,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
                 dist.broadcast(buf, src=0)
         val_loss = evaluate(task, model, val_loader, ctx)
         curve.append(val_loss)
-        patience, lr = task.step_scheduler(epoch, val_loss, scheduler, optimizer)
+        if cfg.lr_schedule == "cosine":
+            patience, lr = "-", optimizer.param_groups[0]["lr"]
+        else:
+            patience, lr = task.step_scheduler(epoch, val_loss, scheduler, optimizer)
         log.epoch(epoch, val_loss, patience, lr)
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch
@@ -642,6 +665,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministi
                    help="bf16 autocast for the network (losses stay float32): 'auto' (default) = on where the "
                         "CPU computes bf16 natively (AVX512_BF16/AMX), off on GPUs and other CPUs; "
                         "a bare --bf16 means 'on'")
+    g.add_argument("--lr_schedule", type=str, default="plateau", choices=["plateau", "cosine"],
+                   help="'plateau': the authors' ReduceLROnPlateau policy; 'cosine': linear warm-up, then cosine "
+                        "decay to 5 %% of the learning rate at the last step of --epoch_num (CPU recipe)")
     g.add_argument("--num_workers", type=int, default=None,
                    help="DataLoader worker processes (default: 4 on CUDA, 0 on the CPU)")
     if deterministic:
@@ -670,7 +696,7 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
                       seed=args.seed, log_path=args.log_path, model_path=args.model_path,
                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, max_minutes=args.max_minutes,
                       bf16=resolve_bf16(args.bf16, parse_device(args.cuda)), num_workers=args.num_workers,
-                      args=plain(args), progress=args.progress)
+                      args=plain(args), progress=args.progress, lr_schedule=getattr(args, "lr_schedule", "plateau"))
 
 
 def print_outputs(outputs: dict[str, Any], ctx: DistContext) -> None:

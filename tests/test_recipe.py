@@ -258,3 +258,13 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path, monkeypatch):
         results[name] = (torch.cat([p.detach().flatten() for p in task.model.parameters()]), out["loss_curve"])
     torch.testing.assert_close(results["split"][0], results["whole"][0], rtol=1e-12, atol=1e-12)
     assert results["split"][1] == pytest.approx(results["whole"][1], rel=1e-12)
+
+
+def test_cosine_learning_rate_warms_up_then_decays_to_its_floor():
+    from blurry_edges.training import cosine_lr_factor
+
+    total = 200
+    f = [cosine_lr_factor(i, total, 0.05, 0.05) for i in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)      # 10 warm-up steps
+    assert max(f) == pytest.approx(1.0) and f[-1] == pytest.approx(0.05)
+    assert all(b <= a + 1e-12 for a, b in zip(f[10:], f[11:]))             # then only decays
