@@ -425,6 +425,17 @@ def _plan_memory(task: Task, local_batch: int, cfg: LoopConfig, ctx: DistContext
     return plan
 
 
+def _git_commit() -> Optional[str]:
+    """The commit of the code that runs (``None`` outside a git checkout), for the weights' meta."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def cosine_lr_factor(step: int, total: int, warmup_frac: float = 0.02, min_frac: float = 0.05) -> float:
     """Learning-rate factor of a compressed run (README "Training on a CPU"): a linear warm-up over the
     first ``warmup_frac`` of the ``total`` steps, then a cosine decay from 1 to ``min_frac`` at the
@@ -453,6 +464,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
     ``finished`` (False when ``max_minutes`` stopped it) and the output paths.
     """
     t_start = time.time()
+    seconds_before = 0.0                # wall time of the earlier sessions of a resumed run
     device = ctx.device
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch_size {cfg.batch_size} is the global batch and must be divisible by the "
@@ -494,6 +506,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
             if scheduler is not None and ckpt.get("scheduler") is not None:
                 scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch, best_loss, best_epoch = ckpt["epoch"], ckpt["best_loss"], ckpt["best_epoch"]
+            seconds_before = float(ckpt.get("train_seconds", 0.0))
             curve = list(ckpt["loss_curve"])
             states = ckpt["rng"]
             restore_rng(states[ctx.rank] if len(states) == ctx.world_size else states[0], device)
@@ -506,6 +519,8 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
     plan = _plan_memory(task, local_batch, cfg, ctx)
     micro = plan.micro_batch if plan is not None else local_batch
     train_loader, train_sampler = _loader(train_set, local_batch, True, cfg, ctx)
+    steps_per_epoch = len(train_loader)
+    samples_per_epoch = steps_per_epoch * cfg.batch_size
     val_loader, _ = _loader(val_set, local_batch, False, cfg, ctx)
 
     log = EpochLog(Path(cfg.log_path) / f"{task.name}_training.txt", cfg.args,
@@ -564,7 +579,11 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch
             if ctx.is_main:
-                meta = dict(task.meta(), epoch=epoch + 1, val_loss=float(val_loss), args=plain(cfg.args))
+                meta = dict(task.meta(), epoch=epoch + 1, val_loss=float(val_loss), args=plain(cfg.args),
+                            samples_seen=samples_per_epoch * (epoch + 1),
+                            steps=steps_per_epoch * (epoch + 1), processes=ctx.world_size,
+                            train_minutes=round((seconds_before + time.time() - t_start) / 60.0, 2),
+                            commit=_git_commit())
                 save_weights(unwrap(model), weights_path, meta=plain(meta))
 
         rng = ctx.gather(capture_rng(device))
@@ -583,6 +602,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
                 "rng": rng,
                 "world_size": ctx.world_size,
                 "batch_size": cfg.batch_size,
+                "train_seconds": seconds_before + time.time() - t_start,
                 "meta": plain(task.meta()),
                 "args": plain(cfg.args),
             }, ckpt_file)
