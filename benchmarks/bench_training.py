@@ -99,7 +99,7 @@ def run_stage(stage: str, args) -> dict:
     if stage == "precal":
         return run_precal(args, device, g)
     B = args.batch or DEFAULT_BATCH[stage]
-    size = crop_pixels(args) if stage in ("global", "w") else args.img
+    size = crop_pixels(args) if stage in ("global", "w") else (args.R if stage == "local" else args.img)
     task = make_task(stage, args.R, size, args.stride, dropout=not args.no_dropout,
                      attention_dropout=args.attention_dropout)
     task.device, task.bf16 = device, args.bf16
