@@ -25,10 +25,11 @@ import torch
 from .camera import CameraParams
 from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
+from .runs import non_negative_int, positive_int
 from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, build_pipeline,
                        camera_from_args, default_device)
 
-__all__ = ["check_camera", "valid_size", "prepare_pair", "write_outputs", "main"]
+__all__ = ["check_camera", "valid_size", "prepare_pair", "out_of_range_mask", "write_outputs", "main"]
 
 _MODE_NAMES = {"none": "sparse", "w": "W, dense mask", "pp": "PP, U-Net completion", "dt": "domain-transform densified"}
 
@@ -106,6 +107,12 @@ def prepare_pair(path1: str | Path, path2: str | Path, *, alpha: Optional[float]
     return pair, info
 
 
+def out_of_range_mask(depth: np.ndarray, camera: CameraParams) -> np.ndarray:
+    """Pixels with an estimate (> 0) outside the camera's working range [z_min, z_max]: values the
+    networks were not built to give (e.g. a densifier extrapolating), flagged, not silently kept."""
+    return (depth > 0) & ((depth < camera.z_min) | (depth > camera.z_max))
+
+
 def write_outputs(out: dict, out_dir: str | Path, camera: CameraParams, settings: dict) -> list[str]:
     """Write every output map of :meth:`DepthPipeline.run` to ``out_dir``; returns the file names."""
     from .visualize import depth_to_color_png, save_gray_png, save_rgb_png
@@ -125,6 +132,8 @@ def write_outputs(out: dict, out_dir: str | Path, camera: CameraParams, settings
     save_rgb_png(out["sharpened"], d / "sharpened.png")
     save_rgb_png(out["refocused"], d / "refocused.png")
     maps = {k: v.numpy().astype(np.float32) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    outside = out_of_range_mask(depth, camera)
+    maps["out_of_range"] = outside.astype(np.uint8)
     np.savez_compressed(d / "maps.npz", **maps)
     files = ["depth.npy", "depth.png", "confidence.npy", "confidence.png", "boundary.npy", "boundary.png",
              "restored_1.png", "restored_2.png", "sharpened.png", "refocused.png", "maps.npz", "settings.json"]
@@ -133,6 +142,9 @@ def write_outputs(out: dict, out_dir: str | Path, camera: CameraParams, settings
         "fraction_with_estimate": float(valid.mean()),
         "min_m": float(depth[valid].min()) if valid.any() else None,
         "max_m": float(depth[valid].max()) if valid.any() else None,
+        "working_range_m": [camera.z_min, camera.z_max],
+        "pixels_outside_working_range": int(outside.sum()),
+        "fraction_outside_working_range": float(outside.sum() / max(int(valid.sum()), 1)),
     })
     (d / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     return files
@@ -159,15 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pp_weights", default=None, help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
     m.add_argument("--densify", type=_densify_arg, default="none",
                    help="none (sparse depth near boundaries, default), w, pp or dt (dense)")
-    m.add_argument("--R", type=int, default=21, help="patch size of the weights")
-    m.add_argument("--stride", type=int, default=2, help="patch stride")
-    m.add_argument("--block", type=int, default=147, help="block size the global stage works on")
-    m.add_argument("--n_margin_patch", type=int, default=10, help="margin patches dropped at inner block borders")
+    m.add_argument("--R", type=positive_int, default=21, help="patch size of the weights")
+    m.add_argument("--stride", type=positive_int, default=2, help="patch stride")
+    m.add_argument("--block", type=positive_int, default=147, help="block size the global stage works on")
+    m.add_argument("--n_margin_patch", type=non_negative_int, default=10, help="margin patches dropped at inner block borders")
     m.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     m.add_argument("--device", "--cuda", dest="device", default=default_device(),
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     m.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
-    m.add_argument("--tile_batch", type=int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
+    m.add_argument("--tile_batch", type=positive_int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
     add_camera_arguments(p)
     return p
 
@@ -199,6 +211,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "pp": args.pp_weights},
     }
     files = write_outputs(out, args.out, camera, settings)
+    stats = json.loads((Path(args.out) / "settings.json").read_text())["depth_stats"]
+    if stats["pixels_outside_working_range"]:
+        print(f"warning: {stats['pixels_outside_working_range']} pixels "
+              f"({100 * stats['fraction_outside_working_range']:.1f} % of the estimates) lie outside the working "
+              f"range {camera.z_min}–{camera.z_max} m; they are kept in depth.npy and flagged in maps.npz "
+              "(out_of_range) and settings.json: treat them as unreliable")
     t = out["timing"]
     print(f"depth for {info['size'][0]}×{info['size'][1]} pixels ({out['tiles']} block"
           f"{'s' if out['tiles'] != 1 else ''}) in {t['total']:.2f} s on {pipeline.device}")

@@ -43,6 +43,7 @@ from .camera import CameraParams
 from .densify import DTParams, domain_transform_densify
 from .metrics import METRIC_NAMES, average_metrics, eval_depth
 from .patches import BlockLayout, PatchGrid
+from .runs import non_negative_int, positive_int
 from .stages import autocast_context, local_features, pair_tokens
 from .wedges import WedgeRenderer, decode_global
 
@@ -497,31 +498,31 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
                    help="device, e.g. cuda, cuda:0 or cpu (default: cuda if available, else cpu)")
     p.add_argument("--model_path", type=str, default="./pretrained_weights",
                    help="folder with the weight files (the authors' names)")
-    p.add_argument("--img_size", type=int, nargs=2, default=[147, 147], metavar=("H", "W"),
+    p.add_argument("--img_size", type=positive_int, nargs=2, default=[147, 147], metavar=("H", "W"),
                    help="image size the global stage works on" + (" (the block size)" if big else ""))
     if big:
-        p.add_argument("--big_img_size", type=int, nargs=2, default=None, metavar=("H", "W"),
+        p.add_argument("--big_img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                        help="expected size of the large images (default: whatever the test set holds; "
                             "any 147 + 2k with stride 2, the paper recommends 147 + 4x)")
-        p.add_argument("--n_margin_patch", type=int, default=10,
+        p.add_argument("--n_margin_patch", type=non_negative_int, default=10,
                        help="margin patches dropped on every inner block border")
-    p.add_argument("--R", type=int, default=21, help="patch size")
-    p.add_argument("--stride", type=int, default=2, help="patch stride")
+    p.add_argument("--R", type=positive_int, default=21, help="patch size")
+    p.add_argument("--stride", type=positive_int, default=2, help="patch stride")
     p.add_argument("--data_path", type=str, default="./data/data_test_big" if big else "./data/data_test",
                    help="test set (ours or the authors' images_ny.npy / depth_maps.npy / alphas.npy)")
     p.add_argument("--log_path", type=str, default="./logs", help="outputs go to LOG_PATH/RUN_NAME/")
     p.add_argument("--run_name", type=str, default=None,
                    help="sub-folder of --log_path (default: test[_big]_<densify>[_bf16])")
-    p.add_argument("--batch_size", type=int, default=1,
+    p.add_argument("--batch_size", type=positive_int, default=1,
                    help="scenes are processed one at a time; this many 147×147 blocks share a "
                         "global-stage forward pass" if big else "kept for compatibility: scenes are processed one at a time")
-    p.add_argument("--crop", type=int, default=10, help="pixels cropped on every side before the metrics")
+    p.add_argument("--crop", type=non_negative_int, default=10, help="pixels cropped on every side before the metrics")
     p.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     p.add_argument("--densify", type=_densify_arg, default="none", nargs="?", const="none",
                    help="none (sparse, default), w (dense-mask global weights), pp (U-Net completion) "
                         "or dt (domain-transform densifier)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
-    p.add_argument("--max_scenes", type=int, default=None, help="evaluate only the first N scenes")
+    p.add_argument("--max_scenes", type=positive_int, default=None, help="evaluate only the first N scenes")
     p.add_argument("--no_figures", action="store_true", help="skip the per-scene PNG figures")
     p.add_argument("--local_weights", type=str, default=None, help="override MODEL_PATH/pretrained_local_stage.pth")
     p.add_argument("--global_weights", type=str, default=None,

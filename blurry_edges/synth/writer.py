@@ -108,15 +108,30 @@ def check_destination(path: str | Path, overwrite: bool) -> None:
                               f"or choose another --data_path")
 
 
+def human_bytes(n: float) -> str:
+    """``1234567`` → ``"1.23 MB"`` (decimal units, never "0.00 GB" for a small set)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return f"{n:.2f} TB"
+
+
 def check_free_space(path: str | Path, nbytes: int, margin: float = 1.05) -> None:
-    """Fail early when the file system of ``path`` cannot hold ``nbytes`` more."""
+    """Fail early when the file system of ``path`` cannot hold ``nbytes`` more.
+
+    File systems that report no size at all (total 0: some network, FUSE and in-memory mounts)
+    cannot be checked; the check is then skipped rather than failing on a meaningless "0 free".
+    """
     parent = Path(path).resolve().parent
     while not parent.exists():
         parent = parent.parent
-    free = shutil.disk_usage(parent).free
-    if free < nbytes * margin:
-        raise OSError(f"not enough disk space at {parent}: the data set needs {nbytes / 1e9:.2f} GB, "
-                      f"{free / 1e9:.2f} GB are free")
+    usage = shutil.disk_usage(parent)
+    if usage.total <= 0:
+        return
+    if usage.free < nbytes * margin:
+        raise OSError(f"not enough disk space at {parent}: the data set needs {human_bytes(nbytes)}, "
+                      f"{human_bytes(usage.free)} are free; free some space or choose another --data_path")
 
 
 class StagingDir:
