@@ -4,6 +4,11 @@ patches, and store the 19 features per patch as ``<data_path>/params_src_{train,
 (float32 ``[N, 2, H'·W', 19]``, written in batches through a memory map and renamed into place
 when complete; a ``.json`` beside it records R, stride and the weights used).
 
+CPU recipe (README "Training on a CPU"): ``--crop_tokens T`` pre-calculates only the patches of one
+``T × T`` window of the patch grid per scene (origin drawn from ``--seed``, stored as
+``crop_origins_{split}.npy``), and ``--max_scenes_train/--max_scenes_val`` bound how many scenes are
+used; the global stage then trains on those crops.
+
     python global_data_pre_cal.py [--data_path ./data/data_train_val] [--model_path ./pretrained_weights]
                                   [--local_weights PATH] [--R 21] [--stride 2] [--cuda cuda:0]
     torchrun --nproc_per_node 4 global_data_pre_cal.py ...      # scenes split over the processes
@@ -16,11 +21,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from blurry_edges import memory
 from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights
-from blurry_edges.patches import PatchGrid
+from blurry_edges.patches import CropLayout, PatchGrid
+from blurry_edges.stages import resolve_bf16
 from blurry_edges.training import (add_basic_args, check_weights_meta, cleanup_distributed, local_params_for_images,
                                    plain, resolve_camera, resolve_setting, setup_distributed)
 from blurry_edges.wedges import WedgeRenderer
@@ -35,11 +43,22 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--local_weights", type=str, default=None,
                    help=f"local-stage weights (default: <model_path>/{WEIGHT_FILES['local']})")
     p.add_argument("--splits", type=str, nargs="+", default=["train", "val"], help="which splits to process")
-    p.add_argument("--chunk", type=int, default=8192, help="patches per local-stage forward pass")
-    p.add_argument("--bf16", action="store_true", help="run the local stage under bf16 autocast")
+    p.add_argument("--chunk", type=int, default=256, help="patches per local-stage forward pass (256 is fastest on a CPU)")
+    p.add_argument("--bf16", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 autocast for the local stage: 'auto' (default) = on where the CPU computes bf16 "
+                        "natively, off on GPUs and other CPUs; a bare --bf16 means 'on'")
+    p.add_argument("--crop_tokens", type=int, default=None,
+                   help="CPU recipe: pre-calculate one crop of T×T patch positions per scene (default: all patches)")
+    p.add_argument("--max_scenes_train", type=int, default=None, help="use only the first N training scenes")
+    p.add_argument("--max_scenes_val", type=int, default=None, help="use only the first N validation scenes")
+    p.add_argument("--seed", type=int, default=1898, help="seed of the crop origins")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no_progress", dest="progress", action="store_false", help="hide the tqdm bars")
     return p.parse_args(argv)
+
+
+#: Crop origins of the two splits come from different streams of the same seed.
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1}
 
 
 def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
@@ -48,8 +67,20 @@ def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
     root = Path(args.data_path)
     ds = SceneDataset(str(root), split, with_params=False)
     img_size = resolve_setting("img_size", args.img_size, ds.img_size, None, root)
-    grid = PatchGrid(int(img_size[0]), int(img_size[1]), args.R, args.stride)
-    shape = (len(ds), 2, grid.num_patches, 19)
+    full_grid = PatchGrid(int(img_size[0]), int(img_size[1]), args.R, args.stride)
+    limit = getattr(args, f"max_scenes_{split}", None)
+    n_scenes = len(ds) if limit is None else min(int(limit), len(ds))
+    if n_scenes < 1:
+        raise ValueError(f"--max_scenes_{split} {limit}: need at least one scene")
+    crops = CropLayout(full_grid, args.crop_tokens) if args.crop_tokens else None
+    grid = crops.grid if crops is not None else full_grid
+    origins = crops.draw_origins(n_scenes, args.seed + SPLIT_SEED_OFFSET[split]) if crops is not None else None
+    shape = (n_scenes, 2, grid.num_patches, 19)
+    if ctx.device.type == "cpu":                      # before any work: would it fit in memory?
+        need = memory.precal_bytes(args.chunk, args.R, args.batch_size, grid.num_patches)
+        share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+        memory.plan_batch(1, lambda n: need, f"pre-calculation of {split}", "lower --chunk or --batch_size",
+                          available=memory.available_bytes() // share, allow_accumulation=False)
     final = root / f"params_src_{split}.npy"
     tmp = root / f".params_src_{split}.npy.partial"
 
@@ -57,25 +88,34 @@ def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
         np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
     ctx.barrier()
     out = np.lib.format.open_memmap(tmp, mode="r+")
-    mine = list(range(ctx.rank, len(ds), ctx.world_size))
+    mine = list(range(ctx.rank, n_scenes, ctx.world_size))
     loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
-    bar = tqdm(loader, desc=f"{split} ({len(ds)} scenes)", disable=not (args.progress and ctx.is_main),
-               dynamic_ncols=True)
+    what = f"{n_scenes} scenes" + (f", {args.crop_tokens}×{args.crop_tokens}-token crops" if crops else "")
+    bar = tqdm(loader, desc=f"{split} ({what})", disable=not (args.progress and ctx.is_main), dynamic_ncols=True)
     pos = 0
     for batch in bar:
         noisy = batch[1].to(ctx.device, non_blocking=True)          # [n, 2, H, W, 3] (item 0: no params yet)
-        feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16)
         idx = mine[pos:pos + noisy.shape[0]]
+        if crops is not None:                                        # [n, 2, size, size, 3]
+            noisy = torch.stack([noisy[k][:, rows, cols] for k, (rows, cols) in
+                                 enumerate(crops.pixel_window(origins[i]) for i in idx)])
+        feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16)
         out[idx[0]:idx[-1] + 1:ctx.world_size] = feats.cpu().numpy()
         pos += noisy.shape[0]
     out.flush()
     del out
     ctx.barrier()
     if ctx.is_main:
+        crop_file = root / f"crop_origins_{split}.npy"
+        if crops is not None:
+            np.save(crop_file, origins.numpy().astype(np.int16))
+        elif crop_file.exists():
+            crop_file.unlink()                     # a full-grid pre-calculation replaces an earlier crop one
         os.replace(tmp, final)
-        info = {"R": args.R, "stride": args.stride, "img_size": [grid.H, grid.W], "shape": list(shape),
-                "local_weights": str(args.local_weights), "bf16": bool(args.bf16)}
+        info = {"R": args.R, "stride": args.stride, "img_size": [full_grid.H, full_grid.W], "shape": list(shape),
+                "local_weights": str(args.local_weights), "bf16": bool(args.bf16), "num_scenes": n_scenes,
+                "crop_tokens": args.crop_tokens, "crop_seed": args.seed if crops is not None else None}
         (root / f"params_src_{split}.json").write_text(json.dumps(info, indent=2))
     ctx.barrier()
     return final
@@ -94,7 +134,13 @@ def main(argv=None) -> list[Path]:
         model = LocalStage(args.R)
         meta = load_weights(model, args.local_weights, what="local stage")
         check_weights_meta(meta, args.local_weights, R=args.R)
+        args.bf16 = resolve_bf16(args.bf16, ctx.device)
         model.to(ctx.device).eval()
+        if ctx.device.type == "cpu":
+            model.to(memory_format=torch.channels_last)
+        if ctx.is_main:
+            print(f"local stage: {ctx.world_size} process(es) × {torch.get_num_threads()} thread(s) on {ctx.device}, "
+                  f"{'bf16 autocast' if args.bf16 else 'float32'}")
         camera = resolve_camera(args, scenes)
         renderer = WedgeRenderer(args.R, camera)
         written = []

@@ -17,8 +17,14 @@ CPU's fused kernel has no dropout, so in training mode the CPU falls back to 8 h
 matrices per layer. The probe runs the step with dropout off (fused attention, as on a GPU) at two
 small batches and extrapolates linearly to ``--target_batch``.
 
+CPU recipe (README "Training on a CPU"): ``--crop_tokens 24`` times the global stage and the
+pre-calculation on one 24 × 24-token crop (67 × 67 pixels) instead of the 147 × 147 image, and
+``--attention_dropout 0`` the global stage with PyTorch's memory-efficient attention. On the CPU the
+convolutional stages run channels_last (as ``fit`` runs them).
+
     python benchmarks/bench_training.py [--device cpu|cuda:0] [--stages local global w unet precal]
                                         [--steps 2] [--bf16] [--threads N] [--gpu_like_memory]
+                                        [--crop_tokens 24] [--attention_dropout 0]
 """
 from __future__ import annotations
 
@@ -71,13 +77,15 @@ def make_batch(stage: str, B: int, R: int, H: int, S: int, g: torch.Generator):
     raise ValueError(stage)
 
 
-def make_task(stage: str, R: int, H: int, S: int, dropout: bool = True):
+def make_task(stage: str, R: int, H: int, S: int, dropout: bool = True, attention_dropout: float = 0.1):
     if stage == "local":
         return LocalTask(R)
     if stage in ("global", "w"):
         from blurry_edges.models import GlobalStage
         grid = PatchGrid(H, H, R, S)
         model = GlobalStage(grid.Hp, grid.Wp, S, dropout=0.1 if dropout else 0.0)
+        if dropout:
+            model.set_attention_dropout(attention_dropout)
         return GlobalTask(grid, variant="w" if stage == "w" else "sparse", model=model)
     if stage == "unet":
         return DepthCompletionTask()
@@ -91,11 +99,16 @@ def run_stage(stage: str, args) -> dict:
     if stage == "precal":
         return run_precal(args, device, g)
     B = args.batch or DEFAULT_BATCH[stage]
-    task = make_task(stage, args.R, args.img, args.stride, dropout=not args.no_dropout)
+    size = crop_pixels(args) if stage in ("global", "w") else args.img
+    task = make_task(stage, args.R, size, args.stride, dropout=not args.no_dropout,
+                     attention_dropout=args.attention_dropout)
     task.device, task.bf16 = device, args.bf16
     model = task.model.to(device)
+    if device.type == "cpu" and stage in ("local", "unet"):            # as fit() runs them on the CPU
+        task.channels_last = True
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = tuple(t.to(device) for t in make_batch(stage, B, args.R, args.img, args.stride, g))
+    batch = tuple(t.to(device) for t in make_batch(stage, B, args.R, size, args.stride, g))
     weights = task.schedule(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -127,7 +140,7 @@ def run_stage(stage: str, args) -> dict:
     t_step = min(times)
     out = {"stage": stage, "batch": B, "s_per_step": t_step, "s_per_1000_train": t_step * 1000 / B,
            "s_per_1000_val": t_val * 1000 / B, "device": str(device), "bf16": args.bf16,
-           "dropout": not args.no_dropout}
+           "dropout": not args.no_dropout, "size": size}
     if device.type == "cuda":
         out["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         out["peak_kind"] = "cuda max_memory_allocated"
@@ -143,18 +156,28 @@ def run_precal(args, device, g) -> dict:
     from blurry_edges.models import LocalStage
     from blurry_edges.wedges import WedgeRenderer
     model = LocalStage(args.R).to(device).eval()
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
     renderer = WedgeRenderer(args.R)
-    grid = PatchGrid(args.img, args.img, args.R, args.stride)
-    images = torch.rand(1, 2, args.img, args.img, 3, generator=g).to(device)
-    local_params_for_images(model, renderer, grid, images, bf16=args.bf16)
+    size = crop_pixels(args)
+    grid = PatchGrid(size, size, args.R, args.stride)
+    images = torch.rand(1, 2, size, size, 3, generator=g).to(device)
+    local_params_for_images(model, renderer, grid, images, bf16=args.bf16, chunk=256)
     _sync(device)
     t0 = time.perf_counter()
-    local_params_for_images(model, renderer, grid, images, bf16=args.bf16)
+    local_params_for_images(model, renderer, grid, images, bf16=args.bf16, chunk=256)
     _sync(device)
     t = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _rss_mb()
     return {"stage": "precal", "batch": 1, "s_per_step": t, "s_per_1000_train": t * 1000, "s_per_1000_val": 0.0,
-            "device": str(device), "bf16": args.bf16, "peak_mb": peak}
+            "device": str(device), "bf16": args.bf16, "peak_mb": peak, "size": size}
+
+
+def crop_pixels(args) -> int:
+    """Image side of the global stage and the pre-calculation: the crop's, else ``--img``."""
+    if not args.crop_tokens:
+        return args.img
+    return (args.crop_tokens - 1) * args.stride + args.R
 
 
 def projected_hours(r: dict) -> float:
@@ -185,6 +208,9 @@ def _subprocess(args, stage: str, extra: list[str]) -> dict:
         cmd.append("--bf16")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.crop_tokens:
+        cmd += ["--crop_tokens", str(args.crop_tokens)]
+    cmd += ["--attention_dropout", str(args.attention_dropout)]
     if args.batch and "--batch" not in extra:
         cmd += ["--batch", str(args.batch)]
     cmd += extra
@@ -206,6 +232,10 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--no_dropout", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--crop_tokens", type=int, default=None,
+                    help="global stage and pre-calculation on one crop of T×T tokens (CPU recipe)")
+    ap.add_argument("--attention_dropout", type=float, default=0.1,
+                    help="global stage: dropout on the attention weights (0: memory-efficient attention)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--gpu_like_memory", action="store_true",
                     help="probe the global stage's memory with fused attention and extrapolate to --target_batch")
@@ -222,12 +252,13 @@ def main() -> None:
 
     print(f"device={args.device}, threads={args.threads or torch.get_num_threads()}, torch {torch.__version__}, "
           f"R={args.R}, {args.img}×{args.img}, stride {args.stride}, bf16={args.bf16}, load avg {os.getloadavg()[0]:.1f}")
-    print(f"{'stage':<8} {'batch':>5} {'s/step':>9} {'s/1000 train':>13} {'s/1000 val':>11} {'peak MB':>9} "
+    print(f"crop_tokens={args.crop_tokens}, attention dropout {args.attention_dropout}")
+    print(f"{'stage':<8} {'batch':>5} {'size':>5} {'s/step':>9} {'s/1000 train':>13} {'s/1000 val':>11} {'peak MB':>9} "
           f"{'full schedule':>14}")
     for stage in args.stages:
         r = _subprocess(args, stage, [])
         hours = projected_hours(r)
-        print(f"{stage:<8} {r['batch']:>5} {r['s_per_step']:>9.3f} {r['s_per_1000_train']:>13.1f} "
+        print(f"{stage:<8} {r['batch']:>5} {r.get('size', args.img):>5} {r['s_per_step']:>9.3f} {r['s_per_1000_train']:>13.1f} "
               f"{r['s_per_1000_val']:>11.1f} {r['peak_mb']:>9.0f} {hours:>12.1f} h", flush=True)
     if args.gpu_like_memory:
         gpu_like_memory(args)

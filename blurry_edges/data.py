@@ -197,6 +197,12 @@ class SceneDataset(_StoredArrays):
     ``params`` are the local stage's feature tokens from ``params_src_{split}.npy``, which the
     pre-calculation script (``global_data_pre_cal.py``) writes into the same folder; with
     ``with_params=False`` an empty tensor stands in its place.
+
+    Crops (the CPU recipe, README "Training on a CPU"): when the pre-calculation was made with
+    ``--crop_tokens T`` (``crop_origins_{split}.npy`` beside the tokens), the set has one item per
+    pre-calculated scene, every map is cut to that scene's ``size × size`` pixel window
+    (``size = (T − 1)·S + R``, see :class:`~blurry_edges.patches.CropLayout`), and the item ends
+    with the window's ``origin`` (``[2]`` int64 token row and column in the full grid).
     """
 
     kind = "train_val"
@@ -211,12 +217,13 @@ class SceneDataset(_StoredArrays):
         if with_depth:
             names.append("image_depths")
         files = {n: root / f"{n}_{split}.npy" for n in names}
+        self._params_file = None
         if with_params:
             params = root / f"params_src_{split}.npy"
             if not params.is_file():
                 raise FileNotFoundError(f"{params} is missing: run `python global_data_pre_cal.py --data_path {root}` "
                                         f"first, or use with_params=False")
-            files["params"] = params
+            self._params_file = params
         super().__init__(root, files, manifest, root)
         arrays = self._get()
         if manifest is None:
@@ -231,24 +238,61 @@ class SceneDataset(_StoredArrays):
             self.R = int(np.load(patches, mmap_mode="r").shape[1]) if patches.is_file() else None
         _check_requested("R", R, self.R, root)
         _check_requested("img_size", None if img_size is None else tuple(img_size), self.img_size, root)
+        self.crop_origins = None          # [N, 2] int64 token origins of the pre-calculated crops
+        self.crop_size = None             # pixel side of a crop
+        self.precal_info = {}
         if with_params:
-            p = arrays["params"]
+            p = self._params()
             if p.ndim != 4 or p.shape[1] != 2 or p.shape[3] != 19:
-                raise ValueError(f"{files['params']} is {list(p.shape)}; expected [N, 2, P, 19] feature tokens")
+                raise ValueError(f"{self._params_file} is {list(p.shape)}; expected [N, 2, P, 19] feature tokens")
+            if p.shape[0] > self._len:
+                raise ValueError(f"{self._params_file} has {p.shape[0]} items but the split has {self._len} scenes: "
+                                 f"re-run global_data_pre_cal.py on this data set")
+            info_file = root / f"params_src_{split}.json"
+            self.precal_info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            crop_file = root / f"crop_origins_{split}.npy"
+            if crop_file.is_file():
+                origins = np.load(crop_file).astype(np.int64)
+                tokens = int(round(p.shape[2] ** 0.5))
+                stride = int(self.precal_info.get("stride", 2))
+                if origins.shape != (p.shape[0], 2) or tokens * tokens != p.shape[2] or self.R is None:
+                    raise ValueError(f"{crop_file} ({list(origins.shape)}) does not match {self._params_file} "
+                                     f"({list(p.shape)}): re-run global_data_pre_cal.py")
+                self.crop_origins = torch.from_numpy(origins)
+                self.crop_size = (tokens - 1) * stride + self.R
+                self.crop_stride = stride
+            self._len = p.shape[0]         # only the pre-calculated scenes are items
+
+    def _params(self) -> np.ndarray:
+        arrays = self._get()
+        if "params" not in arrays:
+            arrays["params"] = np.load(self._params_file, mmap_mode="r")
+        return arrays["params"]
 
     def __getitem__(self, idx: int):
+        if not 0 <= idx < self._len:
+            raise IndexError(f"index {idx} out of range for {self._len} items")
         a = self._get()
+        rows = cols = slice(None)
+        if self.crop_origins is not None:
+            r0, c0 = (int(v) * self.crop_stride for v in self.crop_origins[idx])
+            rows, cols = slice(r0, r0 + self.crop_size), slice(c0, c0 + self.crop_size)
+        inner_rows = slice(rows.start + 1, rows.stop - 1) if rows.start is not None else slice(1, -1)
+        inner_cols = slice(cols.start + 1, cols.stop - 1) if cols.start is not None else slice(1, -1)
         alpha = float(np.float32(a["alphas"][idx]))
-        params = self._f32(a["params"][idx]) if self.with_params else torch.empty(0)
-        noisy = self._f32(a["images_ny"][idx]) / alpha
+        params = self._f32(self._params()[idx]) if self.with_params else torch.empty(0)
+        noisy = self._f32(a["images_ny"][idx][:, rows, cols]) / alpha
         scale = 255.0 if self.format == "ours" else alpha    # the authors store clean · α / 255
-        clean = self._f32(a["images_gt"][idx]) / scale
-        bndry_dist = self._f32(a["boundary_distances"][idx])
-        deri = self._f32(a["derivative_maps"][idx][:, 1:-1, 1:-1])
-        bndry_depth = self._f32(a["boundary_depths"][idx])
+        clean = self._f32(a["images_gt"][idx][:, rows, cols]) / scale
+        bndry_dist = self._f32(a["boundary_distances"][idx][rows, cols])
+        # the derivative maps are stored full size; the Sobel of a window is their interior there
+        deri = self._f32(a["derivative_maps"][idx][:, inner_rows, inner_cols])
+        bndry_depth = self._f32(a["boundary_depths"][idx][rows, cols])
         item = (params, noisy, clean, bndry_dist, deri, bndry_depth)
         if self.with_depth:
-            item = item + (self._f32(a["image_depths"][idx]),)
+            item = item + (self._f32(a["image_depths"][idx][rows, cols]),)
+        if self.crop_origins is not None:
+            item = item + (self.crop_origins[idx].clone(),)
         return item
 
 

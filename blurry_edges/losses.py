@@ -18,7 +18,7 @@ last and the training scripts permute.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -39,14 +39,17 @@ def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================ schedules
-def ramp_rate(index: int, length: int) -> float:
+def ramp_rate(index: float, length: float, continuous: bool = False) -> float:
     """Linear ramp used by both schedules: ``index / (length − 1)`` while ``index < length``, then 1.
 
     ``index`` is the 0-based epoch inside the ramp. A ramp of length ≤ 1 is already complete (the
-    authors' formula would divide by zero there).
+    authors' formula would divide by zero there). ``continuous`` (a schedule advanced every step,
+    ``index`` a fractional epoch): ``min(1, index / length)``, which reaches 1 at the ramp's end.
     """
     if index < 0:
         raise ValueError(f"epoch index must be ≥ 0, got {index}")
+    if continuous:
+        return 1.0 if length <= 0 else min(1.0, index / length)
     if index >= length or length <= 1:
         return 1.0
     return index / (length - 1)
@@ -118,7 +121,10 @@ class GlobalSchedule:
     gamma_smthns_cons: tuple[float, float, float] = (0.005, 0.1, 0.002)
     gamma_bndry_loc: tuple[float, float, float] = (0.0001, 0.05, 0.0001)
     gamma_depth: tuple[float, float, float] = (0.0001, 0.05, 0.5)
-    dynamic_epoch: tuple[int, int, int] = (30, 100, 200)
+    dynamic_epoch: tuple[float, float, float] = (30, 100, 200)
+    #: advanced every step with fractional epochs (the CPU recipe's compressed schedule) instead of
+    #: once per epoch as the authors do; see :func:`ramp_rate`.
+    continuous: bool = False
 
     def __post_init__(self) -> None:
         for name in GAMMA_NAMES:
@@ -126,27 +132,46 @@ class GlobalSchedule:
             if len(values) != 3:
                 raise ValueError(f"gamma_{name} needs 3 values (start, middle, final), got {values}")
             object.__setattr__(self, f"gamma_{name}", values)
-        keys = tuple(int(k) for k in self.dynamic_epoch)
-        if len(keys) != 3 or not keys[0] <= keys[1] <= keys[2]:
+        keys = tuple(float(k) if self.continuous else int(k) for k in self.dynamic_epoch)
+        if len(keys) != 3 or not 0 <= keys[0] <= keys[1] <= keys[2]:
             raise ValueError(f"dynamic_epoch must be 3 non-decreasing key epochs, got {self.dynamic_epoch}")
         object.__setattr__(self, "dynamic_epoch", keys)
 
+    #: The paper's run length, against which ``compressed`` scales the key epochs.
+    PAPER_EPOCHS = 350
+
     @classmethod
     def from_args(cls, args) -> "GlobalSchedule":
-        """Build from an argparse namespace holding ``gamma_*`` and ``dynamic_epoch``."""
-        return cls(**{f"gamma_{n}": tuple(getattr(args, f"gamma_{n}")) for n in GAMMA_NAMES},
-                   dynamic_epoch=tuple(args.dynamic_epoch))
+        """Build from an argparse namespace holding ``gamma_*`` and ``dynamic_epoch``
+        (and optionally ``compress_schedule`` with ``epoch_num``, see :meth:`compressed`)."""
+        sched = cls(**{f"gamma_{n}": tuple(getattr(args, f"gamma_{n}")) for n in GAMMA_NAMES},
+                    dynamic_epoch=tuple(args.dynamic_epoch))
+        if getattr(args, "compress_schedule", False):
+            sched = sched.compressed(args.epoch_num)
+        return sched
+
+    def compressed(self, epochs: float, paper_epochs: float = PAPER_EPOCHS) -> "GlobalSchedule":
+        """The same three phases squeezed from ``paper_epochs`` into ``epochs`` and advanced every step.
+
+        Key epochs are scaled by ``epochs / paper_epochs`` (30, 100, 200 of 350 → 0.86, 2.9, 5.7 of
+        10), so every phase keeps its share of the run and the final weights are reached at the same
+        fraction of it (4/7) and held to the end.
+        """
+        if epochs <= 0:
+            raise ValueError(f"cannot compress the schedule into {epochs} epochs")
+        f = float(epochs) / float(paper_epochs)
+        return replace(self, dynamic_epoch=tuple(k * f for k in self.dynamic_epoch), continuous=True)
 
     def rate_phase(self, epoch: int) -> tuple[float, int]:
         """``(rate, phase)``: interpolation rate and which pair of values it moves between
         (phase 0: g0→g1, phase 1: g1→g2)."""
         k0, k1, k2 = self.dynamic_epoch
         if epoch < k0:
-            return ramp_rate(epoch, k0), 0
+            return ramp_rate(epoch, k0, self.continuous), 0
         if epoch < k1:
             return 1.0, 0
         if epoch < k2:
-            return ramp_rate(epoch - k1, k2 - k1), 1
+            return ramp_rate(epoch - k1, k2 - k1, self.continuous), 1
         return 1.0, 1
 
     def at(self, epoch: int) -> GlobalWeights:
@@ -156,7 +181,7 @@ class GlobalSchedule:
         for name in GAMMA_NAMES:
             g = getattr(self, f"gamma_{name}")
             lo, hi = g[phase], g[phase + 1]
-            values[name] = lo + rate * (hi - lo)
+            values[name] = hi if rate >= 1.0 else lo + rate * (hi - lo)     # exact at the ramp's end
         return GlobalWeights(**values)
 
     def final(self) -> GlobalWeights:

@@ -23,7 +23,21 @@ from torch import nn
 
 from .local_stage import eta_from_e
 
-__all__ = ["GlobalStage", "GlobalOutput", "positional_encoding_2d"]
+__all__ = ["GlobalStage", "GlobalOutput", "positional_encoding_2d", "positional_encoding_at"]
+
+
+def _encode_offsets(offsets: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """``[..., n]`` pixel offsets → ``[..., n, 2·len(omega)]``: interleaved ``sin(p·ω), cos(p·ω)``."""
+    angle = offsets.to(torch.float32)[..., None] * omega
+    return torch.stack((torch.sin(angle), torch.cos(angle)), dim=-1).flatten(-2)
+
+
+def _omega(d_model: int, device=None) -> torch.Tensor:
+    if d_model % 4 != 0:
+        raise ValueError(f"d_model must be divisible by 4 for a 2-D sin/cos encoding, got {d_model}")
+    # Computed in float32 in the same order as the reference so the values match bit for bit.
+    return torch.exp(torch.arange(0, d_model // 2, 2, dtype=torch.float32, device=device)
+                     * (-2.0 * math.log(10000.0) / d_model))
 
 
 def positional_encoding_2d(rows: int, cols: int, d_model: int = 128, stride: int = 2) -> torch.Tensor:
@@ -37,19 +51,31 @@ def positional_encoding_2d(rows: int, cols: int, d_model: int = 128, stride: int
     For a square ``L × L`` grid this equals, value for value, the authors' ``L × L`` table flattened
     row-major; a rectangular grid gets the top-left ``rows × cols`` block of a large square table.
     """
-    if d_model % 4 != 0:
-        raise ValueError(f"d_model must be divisible by 4 for a 2-D sin/cos encoding, got {d_model}")
+    origin = torch.zeros(1, 2, dtype=torch.long)
+    return positional_encoding_at(origin, rows, cols, d_model, stride)[0]
+
+
+def positional_encoding_at(origin: torch.Tensor, rows: int, cols: int, d_model: int = 128,
+                           stride: int = 2) -> torch.Tensor:
+    """The encoding of :func:`positional_encoding_2d` for ``rows × cols`` windows of a larger grid.
+
+    Args:
+        origin: ``[B, 2]`` integer (row, column) of each window's first token in the larger grid.
+    Returns:
+        ``[B, rows·cols, d_model]`` float32: token ``(r, c)`` of window ``b`` gets the code of grid
+        position ``(origin[b, 0] + r, origin[b, 1] + c)``, so a network trained on crops of a grid
+        sees the positions they have in the full grid.
+    """
+    if origin.dim() != 2 or origin.shape[1] != 2:
+        raise ValueError(f"origin must be [B, 2] (row, column) token offsets, got {list(origin.shape)}")
+    omega = _omega(d_model, origin.device)
     half = d_model // 2
-    # Computed in float32 in the same order as the reference so the values match bit for bit.
-    omega = torch.exp(torch.arange(0, half, 2, dtype=torch.float32) * (-2.0 * math.log(10000.0) / d_model))
-
-    def encode(n: int) -> torch.Tensor:  # [n, half]: interleaved sin/cos of the n offsets
-        angle = (torch.arange(n, dtype=torch.float32) * stride)[:, None] * omega[None, :]
-        return torch.stack((torch.sin(angle), torch.cos(angle)), dim=-1).reshape(n, half)
-
-    row_code = encode(rows)[:, None, :].expand(rows, cols, half)
-    col_code = encode(cols)[None, :, :].expand(rows, cols, half)
-    return torch.cat((row_code, col_code), dim=-1).reshape(rows * cols, d_model).contiguous()
+    B = origin.shape[0]
+    r = (origin[:, :1] + torch.arange(rows, device=origin.device)) * stride       # [B, rows]
+    c = (origin[:, 1:] + torch.arange(cols, device=origin.device)) * stride       # [B, cols]
+    row_code = _encode_offsets(r, omega)[:, :, None, :].expand(B, rows, cols, half)
+    col_code = _encode_offsets(c, omega)[:, None, :, :].expand(B, rows, cols, half)
+    return torch.cat((row_code, col_code), dim=-1).reshape(B, rows * cols, d_model).contiguous()
 
 
 class GlobalOutput(NamedTuple):
@@ -129,6 +155,23 @@ class GlobalStage(nn.Module):
         # [1, rows·cols, d_model]; persistent=False keeps it out of state_dict() (and weight files).
         self.register_buffer("pos_encoding", table, persistent=False)
 
+    def set_attention_dropout(self, p: float) -> None:
+        """Dropout on the attention weights of every layer (0.1 in the paper; parameters unchanged).
+
+        With 0, PyTorch's memory-efficient (flash) attention kernel serves training on the CPU: no
+        ``T × T`` attention map is kept for the backward pass (a 4096-token step needs ~15 GB with
+        it, ~1 GB without) and a 576-token step runs ~1.6× faster. Dropout elsewhere (feed-forward,
+        residual) stays as constructed.
+        """
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {p}")
+        for layer in self.encoder.layers:
+            layer.self_attn.dropout = float(p)
+
+    @property
+    def attention_dropout(self) -> float:
+        return float(self.encoder.layers[0].self_attn.dropout)
+
     def reset_parameters(self) -> None:
         """Xavier-normal for every weight with more than one dimension (the authors' training
         init); biases and LayerNorm parameters keep PyTorch's defaults."""
@@ -136,8 +179,19 @@ class GlobalStage(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_normal_(p)
 
-    def forward(self, src: torch.Tensor) -> torch.Tensor:
-        """``[B, rows·cols, 38]`` token features → ``[B, rows·cols, 12]`` raw outputs."""
+    def forward(self, src: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, rows·cols, 38]`` token features → ``[B, rows·cols, 12]`` raw outputs, float32.
+
+        Args:
+            src: the tokens of a ``rows × cols`` grid, row-major.
+            origin: optional ``[B, 2]`` (row, column) of each grid's first token in a larger grid:
+                for crops of a patch grid (the CPU recipe, README "Training on a CPU"), whose tokens
+                then get the positional codes of their place in the full grid. ``None``: ``(0, 0)``.
+
+        Under autocast the encoder may run in bf16, but the output projection runs in float32:
+        depth comes from ``η1² − η2²`` (paper Eq. 7), a difference of nearly equal numbers that
+        bf16's 8-bit mantissa would swamp.
+        """
         n_tokens = self.rows * self.cols
         if src.dim() != 3 or src.shape[1] != n_tokens or src.shape[2] != self.in_src_projection.in_features:
             raise ValueError(
@@ -145,8 +199,16 @@ class GlobalStage(nn.Module):
                 f"[B, {n_tokens}, {self.in_src_projection.in_features}], got {list(src.shape)}; "
                 "use set_grid(rows, cols) for another image size"
             )
-        tokens = self.in_src_projection(src) + self.pos_encoding
-        return self.generator(self.encoder(tokens))
+        if origin is None:
+            pos = self.pos_encoding
+        else:
+            if origin.shape != (src.shape[0], 2):
+                raise ValueError(f"origin must be [B, 2] = [{src.shape[0]}, 2], got {list(origin.shape)}")
+            pos = positional_encoding_at(origin.to(src.device), self.rows, self.cols, self.d_model,
+                                         self.stride).to(self.pos_encoding.dtype)
+        hidden = self.encoder(self.in_src_projection(src) + pos)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.generator(hidden.float())
 
     @staticmethod
     def decode(raw: torch.Tensor) -> GlobalOutput:

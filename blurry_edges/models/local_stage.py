@@ -170,7 +170,11 @@ class LocalStage(nn.Module):
         x = self.maxpool1(self.conv1(patches))
         x = self.maxpool1(self.layer0(x))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.maxpool2(x))
+        x = self.fc[:-1](self.maxpool2(x))
+        # The last linear layer (1024 → 10) runs in float32 even under autocast: its outputs are the
+        # smoothness codes e, and bf16's 8-bit mantissa would move η = 10^(2·erf(e) − 2) by ~1 %.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.fc[-1](x.float())
 
     @staticmethod
     def decode(raw: torch.Tensor) -> LocalOutput:

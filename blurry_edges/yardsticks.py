@@ -1,0 +1,141 @@
+"""Yardsticks that need no training, scored on exactly the pixels a method predicted.
+
+A sparse depth map is evaluated only where it has values (paper §4, Table 3), so its δ1 and RMSE
+depend on which pixels it kept as much as on its depths. To tell a network that learned depth
+from one that learned where to abstain, every evaluation folder (the ``scene_XXXX.npz`` files of
+``blurry_edges_test.py``) can be scored against
+
+* a **constant depth**, the median ground-truth depth of the whole test set, put on the same
+  pixels as the prediction (so it has the same coverage), and
+* the **per-scene correlation** (Pearson) of predicted and true depth on those pixels: a
+  collapsed network, one that returns nearly one depth everywhere, scores about 0 whatever its δ1.
+
+    python -m blurry_edges.yardsticks logs/test_none            # one or more result folders
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .metrics import METRIC_NAMES, average_metrics, eval_depth
+
+
+@dataclass
+class YardstickReport:
+    """Averages over the scenes of one result folder."""
+
+    folder: str
+    n_scenes: int
+    constant: float                 # the constant depth (m)
+    method: dict                    # METRIC_NAMES → mean, plus n_images
+    constant_same_pixels: dict      # the constant on the method's pixels
+    correlation: float              # mean per-scene Pearson r (scenes with a defined r)
+    depth_spread_cm: float          # mean per-scene standard deviation of the prediction (cm)
+    coverage: float                 # mean fraction of evaluated pixels (after the crop)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _scenes(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("scene_*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no scene_XXXX.npz files; run blurry_edges_test.py "
+                                f"(its --log_path/--run_name folder) first")
+    return files
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two 1-D samples; NaN when either is constant or has < 3 values."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.size < 3:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: int = 10,
+                 z_min: float = 0.75, z_max: float = 1.18, key: str = "depth") -> YardstickReport:
+    """Score the predictions in ``folder`` against the constant depth on the same pixels.
+
+    Args:
+        constant: the constant depth; default the median of every ground-truth pixel (after the
+            crop) over the folder's scenes, the test set's median.
+        key: which map of the ``.npz`` files is the prediction (``depth``: the method's output).
+    """
+    folder = Path(folder)
+    files = _scenes(folder)
+    preds, gts = [], []
+    for f in files:
+        with np.load(f) as z:
+            if key not in z or "gt_depth" not in z:
+                raise ValueError(f"{f} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
+            preds.append(z[key].astype(np.float64))
+            gts.append(z["gt_depth"].astype(np.float64))
+    sl = (slice(crop, -crop), slice(crop, -crop)) if crop > 0 else (slice(None), slice(None))
+    if constant is None:
+        constant = float(np.median(np.concatenate([g[sl].ravel() for g in gts])))
+    method, const, corr, spread, cover = [], [], [], [], []
+    for p, g in zip(preds, gts):
+        mask = p > 0
+        method.append(eval_depth(p, g, crop=crop, z_min=z_min, z_max=z_max))
+        const.append(eval_depth(np.where(mask, constant, 0.0), g, crop=crop, z_min=z_min, z_max=z_max))
+        m = mask[sl]
+        pc, gc = np.clip(p[sl][m], z_min, z_max), g[sl][m]
+        corr.append(pearson(pc, gc))
+        spread.append(float(pc.std() * 100.0) if pc.size else float("nan"))
+        cover.append(float(m.mean()))
+    corr_arr = np.array(corr)
+    return YardstickReport(
+        folder=str(folder), n_scenes=len(files), constant=float(constant),
+        method=average_metrics(method), constant_same_pixels=average_metrics(const),
+        correlation=float(np.nanmean(corr_arr)) if np.isfinite(corr_arr).any() else float("nan"),
+        depth_spread_cm=float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan"),
+        coverage=float(np.mean(cover)))
+
+
+def format_report(r: YardstickReport) -> str:
+    head = f"{'':<28}" + "".join(f"{n:>10}" for n in METRIC_NAMES)
+    line = lambda name, d: f"{name:<28}" + "".join(f"{d[n]:>10.4f}" for n in METRIC_NAMES)  # noqa: E731
+    return "\n".join([
+        f"{r.folder}: {r.n_scenes} scenes, {100 * r.coverage:.1f} % of the pixels evaluated",
+        head,
+        line("method", r.method),
+        line(f"constant {r.constant:.3f} m, same pixels", r.constant_same_pixels),
+        f"per-scene correlation of predicted and true depth: {r.correlation:.3f}; "
+        f"spread of the prediction within a scene: {r.depth_spread_cm:.2f} cm",
+    ])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[YardstickReport]:
+    p = argparse.ArgumentParser(description="Score evaluation outputs against a constant depth on the same "
+                                            "pixels, with the per-scene depth correlation.")
+    p.add_argument("folders", nargs="+", help="result folders of blurry_edges_test.py (scene_XXXX.npz)")
+    p.add_argument("--constant", type=float, default=None, help="the constant depth (default: the test set's median)")
+    p.add_argument("--crop", type=int, default=10, help="pixels cropped on every side (as the evaluation)")
+    p.add_argument("--json", type=str, default=None, help="also write the reports to this JSON file")
+    args = p.parse_args(argv)
+    reports = []
+    for folder in args.folders:
+        try:
+            reports.append(score_folder(folder, constant=args.constant, crop=args.crop))
+        except (FileNotFoundError, ValueError) as e:
+            p.exit(2, f"error: {e}\n")
+        print(format_report(reports[-1]))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+        print(f"wrote {args.json}")
+    sys.stdout.flush()
+    return reports
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Shipped weights: the release tool and the files in pretrained_weights/ (strict loading, recipe meta)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, load_weights, save_weights
+from blurry_edges.release import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "pretrained_weights"
+META_KEYS = ("recipe", "samples_seen", "steps", "cpu_minutes", "commit", "val_loss", "R")
+
+
+def test_release_writes_fp16_weights_with_their_recipe(tmp_path):
+    torch.manual_seed(0)
+    net = LocalStage(11)
+    src = save_weights(net, tmp_path / "best_run_exp_local_stage.pth",
+                       meta={"stage": "local", "samples_seen": 640, "steps": 10, "train_minutes": 2.5, "processes": 2,
+                             "commit": "abc1234", "val_loss": 0.03})
+    dst = main(["local", str(src), "--recipe", "README 'Training on a CPU', stage 1", "--out_dir", str(tmp_path / "out")])
+    assert dst.name == WEIGHT_FILES["local"]
+    raw = torch.load(dst, weights_only=True)
+    assert all(t.dtype == torch.float16 for t in raw["model"].values() if t.is_floating_point())
+    back = LocalStage(11)
+    meta = load_weights(back, dst)
+    assert meta["recipe"].startswith("README") and meta["cpu_minutes"] == pytest.approx(5.0)
+    assert meta["samples_seen"] == 640 and meta["commit"] == "abc1234"
+    for a, b in zip(net.state_dict().values(), back.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a.half().float())
+
+
+def test_release_refuses_a_file_of_another_stage(tmp_path):
+    src = save_weights(GlobalStage(4, 4, 2), tmp_path / "g.pth")
+    with pytest.raises(SystemExit) as e:
+        main(["local", str(src), "--recipe", "x", "--out_dir", str(tmp_path)])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("key, model", [("local", lambda m: LocalStage(int(m.get("R", 21)))),
+                                        ("global", lambda m: GlobalStage(stride=int(m.get("stride", 2))))])
+def test_shipped_weights_load_strictly_and_carry_their_recipe(key, model):
+    path = SHIPPED / WEIGHT_FILES[key]
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not shipped in this checkout")
+    meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    load_weights(model(meta), path)                                    # strict: every name and shape
+    missing = [k for k in META_KEYS if meta.get(k) is None]
+    assert not missing, f"{path.name} lacks {missing} in its meta"

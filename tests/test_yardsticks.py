@@ -1,0 +1,44 @@
+"""The training-free yardsticks scored on a method's own pixels (blurry_edges.yardsticks)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blurry_edges.yardsticks import main, pearson, score_folder
+
+
+def _write(folder, preds, gts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        np.savez_compressed(folder / f"scene_{i:04d}.npz", depth=p.astype(np.float32), gt_depth=g.astype(np.float32))
+
+
+def test_perfect_sparse_prediction_beats_the_constant_on_its_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    gts = [np.tile(np.linspace(0.8, 1.15, 40), (40, 1)) for _ in range(3)]
+    preds = []
+    for g in gts:
+        keep = rng.random(g.shape) < 0.3
+        preds.append(np.where(keep, g, 0.0))
+    _write(tmp_path / "run", preds, gts)
+    r = score_folder(tmp_path / "run", crop=2)
+    assert r.method["delta1"] == pytest.approx(1.0) and r.method["rmse_cm"] == pytest.approx(0.0, abs=1e-4)
+    assert r.constant_same_pixels["rmse_cm"] > 5.0             # a ramp over 35 cm is far from its median
+    assert r.correlation == pytest.approx(1.0, abs=1e-6)
+    assert 0.2 < r.coverage < 0.4
+    assert r.constant == pytest.approx(np.median(np.concatenate([g[2:-2, 2:-2].ravel() for g in gts])))
+
+
+def test_a_collapsed_prediction_scores_no_correlation(tmp_path):
+    gts = [np.tile(np.linspace(0.8, 1.15, 30), (30, 1)) for _ in range(2)]
+    preds = [np.full_like(g, 0.95) for g in gts]
+    _write(tmp_path / "run", preds, gts)
+    r = score_folder(tmp_path / "run", crop=1)
+    assert np.isnan(r.correlation) and r.depth_spread_cm == pytest.approx(0.0, abs=1e-4)
+    assert pearson(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)
+
+
+def test_cli_refuses_a_folder_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 2 and "scene_XXXX.npz" in capsys.readouterr().err
