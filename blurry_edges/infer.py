@@ -25,7 +25,8 @@ import torch
 from .camera import CameraParams
 from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
-from .runs import non_negative_int, positive_int
+from .runs import (OutputLocationError, add_version_argument, check_output_dir, non_negative_int, positive_int,
+                   provenance)
 from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, build_pipeline,
                        camera_from_args, default_device)
 
@@ -156,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Blurry-Edges depth from two registered images taken with optical powers rho_1 and rho_2.")
     p.add_argument("image1", help="capture with optical power rho_1 (PNG/TIFF/JPEG/NPY)")
     p.add_argument("image2", help="capture with optical power rho_2, same view and size")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (checked before any work)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    add_version_argument(p)
     norm = p.add_argument_group("normalization (networks expect photon counts / alpha, about [0, 1])")
     norm.add_argument("--alpha", type=float, default=None,
                       help="photon level: the images hold photon counts and are divided by ALPHA")
@@ -171,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pp_weights", default=None, help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
     m.add_argument("--densify", type=_densify_arg, default="none",
                    help="none (sparse depth near boundaries, default), w, pp or dt (dense)")
-    m.add_argument("--R", type=positive_int, default=21, help="patch size of the weights")
-    m.add_argument("--stride", type=positive_int, default=2, help="patch stride")
-    m.add_argument("--block", type=positive_int, default=147, help="block size the global stage works on")
+    m.add_argument("--R", type=positive_int, default=None, help="patch size (default: the weights', else 21)")
+    m.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the weights', else 2)")
+    m.add_argument("--block", type=positive_int, default=None,
+                   help="block size the global stage works on (default: the global weights' image size, else 147)")
     m.add_argument("--n_margin_patch", type=non_negative_int, default=10, help="margin patches dropped at inner block borders")
     m.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     m.add_argument("--device", "--cuda", dest="device", default=default_device(),
@@ -185,19 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:                                           # every output location, before any work
+        out_dir = check_output_dir(args.out, "--out")
+        if (out_dir / "settings.json").is_file() and not args.overwrite:
+            raise OutputLocationError(f"--out {out_dir} holds the results of an earlier run; choose another folder "
+                                      "or pass --overwrite to replace them")
+    except OutputLocationError as e:
+        parser.error(str(e))
     try:
-        camera = camera_from_args(args)
+        pipeline: DepthPipeline = build_pipeline(
+            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
+            img_size=None if args.block is None else (args.block, args.block), camera=camera_from_args(args),
+            device=args.device, bf16=args.bf16, rho_prime=args.rho_prime, margin=args.n_margin_patch,
+            local_weights=args.local_weights, global_weights=args.global_weights, pp_weights=args.pp_weights,
+            tile_batch=args.tile_batch, dt_params=DTParams(), log=print)
+        camera = pipeline.camera
+        args.R, args.stride = pipeline.config.R, pipeline.config.stride
+        args.block = pipeline.tile_size[0]
         for w in check_camera(camera, args.R):
             print(f"warning: {w}")
         pair, info = prepare_pair(args.image1, args.image2, alpha=args.alpha, normalize=args.normalize,
                                   block=args.block, stride=args.stride)
-        pipeline: DepthPipeline = build_pipeline(
-            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
-            img_size=(args.block, args.block), camera=camera, device=args.device, bf16=args.bf16,
-            rho_prime=args.rho_prime, margin=args.n_margin_patch, local_weights=args.local_weights,
-            global_weights=args.global_weights, pp_weights=args.pp_weights, tile_batch=args.tile_batch,
-            dt_params=DTParams())
         out = pipeline.run(pair)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -207,8 +221,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "device": str(pipeline.device), "R": args.R, "stride": args.stride, "block": args.block,
         "n_margin_patch": args.n_margin_patch, "rho_prime": args.rho_prime, "tau": pipeline.config.threshold,
         "blocks": out["tiles"], "timing_s": out["timing"],
-        "weights": {"model_path": args.model_path, "local": args.local_weights, "global": args.global_weights,
-                    "pp": args.pp_weights},
+        "args": {k: v for k, v in vars(args).items()},
+        "weights": {"model_path": args.model_path, **pipeline.weight_files},
+        "provenance": provenance(pipeline.weight_files),
     }
     files = write_outputs(out, args.out, camera, settings)
     stats = json.loads((Path(args.out) / "settings.json").read_text())["depth_stats"]
