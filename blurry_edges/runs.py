@@ -269,3 +269,104 @@ def fresh_run_dir(parent: str | os.PathLike, name: str, overwrite: bool, log=pri
     if log is not None:
         log(f"note: {base} holds an earlier run; writing to {out} (pass --overwrite to replace it)")
     return out
+
+
+# ============================================================================ training runs
+#: Options that may change between the sessions of one training run (where and how it runs, not
+#: what it trains); every other recorded option must match for ``--resume`` to continue a run.
+RESUME_MAY_CHANGE = frozenset({"resume", "max_minutes", "num_workers", "progress", "cuda", "log_path",
+                               "checkpoint_dir", "epoch_num", "no_progress"})
+
+
+def data_fingerprint(data_path: str | os.PathLike) -> dict[str, Any]:
+    """Identity of a data set for resuming: its absolute path and the sha256 of the records that
+    describe it (``manifest.json``; the pre-calculation's ``params_src_*.json`` and crop origins)."""
+    root = Path(data_path).resolve()
+    record: dict[str, Any] = {"path": str(root)}
+    for parent in (root, root.parent):
+        if (parent / "manifest.json").is_file():
+            record["manifest_sha256"] = sha256(parent / "manifest.json")
+            break
+    for name in ("params_src_train.json", "params_src_val.json", "crop_origins_train.npy", "crop_origins_val.npy"):
+        if (root / name).is_file():
+            record[name] = sha256(root / name)
+    return record
+
+
+def check_resume(recorded: dict[str, Any], current: dict[str, Any], checkpoint: str | os.PathLike) -> None:
+    """Refuse to continue a checkpoint that belongs to another run (``ValueError`` naming every
+    difference: data, R, stride, image size, camera, schedule options …)."""
+    from .training import plain
+
+    recorded, current = plain(recorded), plain(current)
+    keys = (set(recorded) | set(current)) - RESUME_MAY_CHANGE
+    diffs = []
+    for key in sorted(keys):
+        a, b = recorded.get(key), current.get(key)
+        if key in ("model_path", "data_path") and a is not None and b is not None:
+            a, b = str(Path(a).resolve()), str(Path(b).resolve())
+        if a != b:
+            diffs.append(f"{key}: checkpoint {a!r}, this run {b!r}")
+    if diffs:
+        raise ValueError(f"--resume: {checkpoint} belongs to another run ({'; '.join(diffs)}). Resume with the "
+                         "options and data it was started with, or start this run afresh (without --resume, or "
+                         "with another --model_path / --checkpoint_dir)")
+
+
+def default_checkpoint_dir(args: argparse.Namespace) -> None:
+    """Checkpoints live with the run's weights: ``<model_path>/checkpoints`` unless given."""
+    if getattr(args, "checkpoint_dir", None) is None:
+        args.checkpoint_dir = str(Path(args.model_path) / "checkpoints")
+
+
+def check_training_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every output location of a training script, checked before any work (usage error, rc 2)."""
+    default_checkpoint_dir(args)
+    try:
+        for option in ("model_path", "log_path", "checkpoint_dir", "cache_path"):
+            value = getattr(args, option, None)
+            if value is not None:
+                check_output_dir(value, f"--{option}")
+    except OutputLocationError as e:
+        parser.error(str(e))
+
+
+def run_script(main, interrupted: str = "interrupted") -> int:
+    """Run a script's ``main()``; set-up errors (missing or inconsistent inputs) end with one
+    explained line and exit status 2 instead of a traceback."""
+    import sys
+
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 0
+
+
+def agree(name: str, given: Any, sources: list[tuple[Any, str]], default: Any) -> Any:
+    """One setting (``R``, ``stride``, ``img_size``) from the command line, else from what the data
+    and the weights record (``sources``: ``(value or None, where)``), else ``default``.
+
+    Two records that differ, or a given value that contradicts a record, is a ``ValueError``
+    naming both and the option to pass.
+    """
+    from .training import plain
+
+    def shown(v):
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    known = [(plain(v), where) for v, where in sources if v is not None]
+    for (a, wa), (b, wb) in zip(known, known[1:]):
+        if a != b:
+            raise ValueError(f"{wa} records {name}={a} but {wb} records {name}={b}; they do not belong together: "
+                             f"use data and weights made with the same --{name}")
+    if given is not None:
+        if known and plain(given) != known[0][0]:
+            raise ValueError(f"--{name} {shown(given)} was given, but {known[0][1]} records {name}={known[0][0]}; "
+                             f"pass --{name} {shown(known[0][0])} (or leave it out)")
+        return given
+    return known[0][0] if known else default

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..camera import CameraParams
+from ..runs import add_version_argument
 from .realistic import RealisticConfig
 from .shapes import ShapeSceneConfig
 
@@ -46,6 +47,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--save_png", type=int, default=0, metavar="N", help="write preview PNGs of the first N scenes per split")
     o.add_argument("--overwrite", action="store_true", help="replace an existing data set at --data_path")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_version_argument(parser)
 
 
 def build_camera(args) -> CameraParams:
