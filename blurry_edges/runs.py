@@ -121,7 +121,7 @@ def choose_weights(stage: str, model_path: str | os.PathLike, explicit: str | os
         folder = Path(model_path)
         trained, shipped = folder / TRAINED_FILES[stage], folder / WEIGHT_FILES[stage]
         if trained.is_file():
-            path, why = trained, "trained into --model_path (wins over the shipped file)"
+            path, why = trained, "trained into --model_path; it wins over a shipped file"
         elif shipped.is_file():
             path, why = shipped, "the shipped weights in --model_path"
         else:

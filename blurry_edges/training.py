@@ -246,7 +246,11 @@ def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, 
         ax.plot(epochs, values, linestyle="-", color=color, linewidth=2, marker=marker, markersize=5, label=label)
     n = max((s.size for _, s, _, _ in series), default=0)
     ax.set_xlim(0.5, max(n, 1) + 0.5)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    from matplotlib.ticker import MaxNLocator                 # epochs 1, 2, … as the log numbers them
+    if n <= 20:
+        ax.set_xticks(np.arange(1, max(n, 1) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.savefig(png, format="png", bbox_inches="tight", dpi=dpi)

@@ -112,6 +112,7 @@ def test_training_stride_zero_is_a_usage_error(script, capsys):
 
 def test_loss_curve_shows_training_and_validation_from_epoch_one(tmp_path, monkeypatch):
     import matplotlib.axes
+    import matplotlib.figure
 
     from blurry_edges.training import save_loss_curve
 
@@ -129,6 +130,16 @@ def test_loss_curve_shows_training_and_validation_from_epoch_one(tmp_path, monke
     assert set(labels) == {"training", "validation"}
     assert labels["validation"][0] == [1] and labels["validation"][1] == [0.5]     # epoch 1, as the log says
     assert all(d[3] for d in drawn)                                                # one epoch is a visible point
+    ticks = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def grab(fig, *a, **kw):
+        ticks.append([float(t) for t in fig.axes[0].get_xticks()])
+        return real_savefig(fig, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", grab)
+    save_loss_curve([0.5], tmp_path, "loss_curve_y", dpi=30, train=[0.7])
+    assert ticks == [[1.0]]                                                        # no "epoch 0.6"
 
 
 def test_fit_records_the_training_loss(tmp_path):
