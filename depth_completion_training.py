@@ -56,7 +56,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precal_batch", type=int, default=8, help="scenes per global-stage pass when building the cache")
     add_runtime_args(p, seed=2025, deterministic=False)
     args = p.parse_args(argv)
-    check_training_outputs(p, args)
+    check_training_outputs(p, args, ("exp_depth_completion_pp",))
     return args
 
 

@@ -70,7 +70,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.input_size, args.output_size) != (38, 12):
         p.error("--input_size must be 38 and --output_size 12 (the token layout of SPEC §3)")
-    check_training_outputs(p, args)
+    check_training_outputs(p, args, ("exp_global_stage_w",) if args.densify == "w" else ("exp_global_stage",))
     return args
 
 

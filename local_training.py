@@ -34,7 +34,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dynamic_epoch", type=int, default=200, help="epochs over which the β weights ramp up")
     add_runtime_args(p, seed=1869, deterministic=False)
     args = p.parse_args(argv)
-    check_training_outputs(p, args)
+    check_training_outputs(p, args, ("exp_local_stage",))
     return args
 
 

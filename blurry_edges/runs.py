@@ -299,7 +299,8 @@ def check_resume(recorded: dict[str, Any], current: dict[str, Any], checkpoint: 
     from .training import plain
 
     recorded, current = plain(recorded), plain(current)
-    keys = (set(recorded) | set(current)) - RESUME_MAY_CHANGE
+    # options only one side knows (added in a later version) cannot be compared
+    keys = (set(recorded) & set(current)) - RESUME_MAY_CHANGE
     diffs = []
     for key in sorted(keys):
         a, b = recorded.get(key), current.get(key)
@@ -313,16 +314,37 @@ def check_resume(recorded: dict[str, Any], current: dict[str, Any], checkpoint: 
                          "with another --model_path / --checkpoint_dir)")
 
 
-def default_checkpoint_dir(args: argparse.Namespace) -> None:
-    """Checkpoints live with the run's weights: ``<model_path>/checkpoints`` unless given."""
-    if getattr(args, "checkpoint_dir", None) is None:
-        args.checkpoint_dir = str(Path(args.model_path) / "checkpoints")
+#: Where checkpoints went before they moved into ``--model_path`` (one folder for every run).
+LEGACY_CHECKPOINT_DIR = Path("checkpoints")
 
 
-def check_training_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Every output location of a training script, checked before any work (usage error, rc 2)."""
-    default_checkpoint_dir(args)
+def default_checkpoint_dir(args: argparse.Namespace, names: tuple[str, ...] = ()) -> None:
+    """Checkpoints live with the run's weights: ``<model_path>/checkpoints`` unless given.
+
+    A ``--resume`` that finds nothing there while the former shared default ``./checkpoints``
+    holds one of ``names`` (``<name>_last.pt``) is an error: silently starting afresh would
+    replace that run's weights.
+    """
+    if getattr(args, "checkpoint_dir", None) is not None:
+        return
+    args.checkpoint_dir = str(Path(args.model_path) / "checkpoints")
+    if getattr(args, "resume", False):
+        here = [Path(args.checkpoint_dir) / f"{n}_last.pt" for n in names]
+        legacy = [LEGACY_CHECKPOINT_DIR / f"{n}_last.pt" for n in names]
+        found = [f for f in legacy if f.is_file()]
+        if found and not any(f.is_file() for f in here) and LEGACY_CHECKPOINT_DIR.resolve() != Path(args.checkpoint_dir).resolve():
+            raise OutputLocationError(
+                f"--resume: no checkpoint in {args.checkpoint_dir} (where checkpoints now go), but {found[0]} is in the "
+                f"former default folder; pass --checkpoint_dir {LEGACY_CHECKPOINT_DIR} to continue that run, or leave "
+                "out --resume to start this one afresh")
+
+
+def check_training_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                           names: tuple[str, ...] = ()) -> None:
+    """Every output location of a training script, checked before any work (usage error, rc 2);
+    ``names``: the checkpoint names the script writes (see :func:`default_checkpoint_dir`)."""
     try:
+        default_checkpoint_dir(args, names)
         for option in ("model_path", "log_path", "checkpoint_dir", "cache_path"):
             value = getattr(args, option, None)
             if value is not None:

@@ -137,6 +137,15 @@ def test_block_path_on_one_block_equals_whole_image(nets, pair):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
 
 
+class _AsDouble(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.double())
+
+
 def float32_tolerance(ref32: torch.Tensor, ref64: torch.Tensor) -> float:
     """Tolerance of a float32 result against the float64 ``ref64``, derived from the computation:
     8× the float32 reference's own error plus 256 float32 ulps of the outputs' magnitude."""
@@ -183,6 +192,10 @@ def test_multi_block_assembly_matches_per_block_runs(nets):
 
     p = make(nets, cheap=True, margin=1)
     glob64 = copy.deepcopy(p.glob).double()
+    if isinstance(getattr(glob64, "generator", None), nn.Linear):
+        # the global stage casts the encoder's output to float32 before its output projection
+        # (for bf16 autocast); in the reference that costs one float32 rounding, far inside tol
+        glob64.generator = _AsDouble(glob64.generator)
     g = torch.Generator().manual_seed(3)
     size, step, m, hb, n_block = 37, 12, 1, GRID, 2
     x = torch.rand(2, 3, size, size, generator=g)

@@ -168,3 +168,28 @@ def test_generators_have_version(capsys):
         with pytest.raises(SystemExit) as ex:
             run(["--version"])
         assert ex.value.code == 0 and capsys.readouterr().out.startswith(f"blurry-edges {__version__}")
+
+
+def test_resume_finds_a_checkpoint_in_the_former_default_folder(tmp_path, monkeypatch, capsys):
+    """Checkpoints used to go to ./checkpoints for every run; a --resume that would silently start
+    afresh next to such a checkpoint says where it is instead."""
+    import local_training
+    import blurry_edges.runs as runs
+
+    legacy = tmp_path / "checkpoints"
+    legacy.mkdir()
+    (legacy / "exp_local_stage_last.pt").write_bytes(b"x")
+    monkeypatch.setattr(runs, "LEGACY_CHECKPOINT_DIR", legacy)
+    with pytest.raises(SystemExit) as ex:
+        local_training.main(["--data_path", str(tmp_path / "no_data"), "--model_path", str(tmp_path / "m"), "--resume"])
+    assert ex.value.code == 2
+    assert f"pass --checkpoint_dir {legacy} to continue that run" in capsys.readouterr().err
+
+
+def test_options_unknown_to_an_older_checkpoint_do_not_block_resume():
+    from blurry_edges.runs import check_resume
+
+    old = {"R": 11, "learning_rate": 1e-3, "data_path": "d"}
+    check_resume(old, dict(old, lr_schedule="plateau", data_id={"path": "/x"}, max_minutes=5), "ck.pt")
+    with pytest.raises(ValueError, match="learning_rate: checkpoint 0.001, this run 0.002"):
+        check_resume(old, dict(old, learning_rate=2e-3), "ck.pt")
