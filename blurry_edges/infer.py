@@ -167,11 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="without --alpha: divide by the pair's maximum (default) or by the bit depth's "
                            "full scale (255 / 65535; float images as they are)")
     m = p.add_argument_group("model")
-    m.add_argument("--model_path", default="./pretrained_weights", help="folder with the weight files")
-    m.add_argument("--local_weights", default=None, help="override MODEL_PATH/pretrained_local_stage.pth")
+    m.add_argument("--model_path", default="./pretrained_weights",
+                   help="folder with the weight files: freshly trained best_run_exp_*.pth, else the authors' names")
+    m.add_argument("--local_weights", default=None,
+                   help="local-stage weights (default: MODEL_PATH/best_run_exp_local_stage.pth, "
+                        "else MODEL_PATH/pretrained_local_stage.pth)")
     m.add_argument("--global_weights", default=None,
-                   help="override MODEL_PATH/pretrained_global_stage.pth (…_w.pth for --densify w)")
-    m.add_argument("--pp_weights", default=None, help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
+                   help="global-stage weights (default: MODEL_PATH/best_run_exp_global_stage.pth, else "
+                        "MODEL_PATH/pretrained_global_stage.pth; …_w.pth for --densify w)")
+    m.add_argument("--pp_weights", default=None,
+                   help="U-Net weights (default: MODEL_PATH/best_run_exp_depth_completion_pp.pth, "
+                        "else MODEL_PATH/pretrained_depth_completion_pp.pth)")
     m.add_argument("--densify", type=_densify_arg, default="none",
                    help="none (sparse depth near boundaries, default), w, pp or dt (dense)")
     m.add_argument("--R", type=positive_int, default=None, help="patch size (default: the weights', else 21)")

@@ -512,7 +512,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
     p.add_argument("--cuda", type=str, default=default_device(),
                    help="device, e.g. cuda, cuda:0 or cpu (default: cuda if available, else cpu)")
     p.add_argument("--model_path", type=str, default="./pretrained_weights",
-                   help="folder with the weight files (the authors' names)")
+                   help="folder with the weight files: freshly trained best_run_exp_*.pth, else the authors' names")
     p.add_argument("--img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                    help="image size the global stage works on" + (" (the block size; default: what the global "
                         "weights were trained on, else 147 147)" if big else " (default: the test set's)"))
@@ -544,11 +544,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
     p.add_argument("--max_scenes", type=positive_int, default=None, help="evaluate only the first N scenes")
     p.add_argument("--no_figures", action="store_true", help="skip the per-scene PNG figures")
-    p.add_argument("--local_weights", type=str, default=None, help="override MODEL_PATH/pretrained_local_stage.pth")
+    p.add_argument("--local_weights", type=str, default=None,
+                   help="local-stage weights (default: MODEL_PATH/best_run_exp_local_stage.pth, "
+                        "else MODEL_PATH/pretrained_local_stage.pth)")
     p.add_argument("--global_weights", type=str, default=None,
-                   help="override MODEL_PATH/pretrained_global_stage.pth (…_w.pth for --densify w)")
+                   help="global-stage weights (default: MODEL_PATH/best_run_exp_global_stage.pth, else "
+                        "MODEL_PATH/pretrained_global_stage.pth; …_w.pth for --densify w)")
     p.add_argument("--pp_weights", type=str, default=None,
-                   help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
+                   help="U-Net weights (default: MODEL_PATH/best_run_exp_depth_completion_pp.pth, "
+                        "else MODEL_PATH/pretrained_depth_completion_pp.pth)")
     p.add_argument("--dt_guide", choices=("mean", "image1"), default="mean",
                    help="guide of --densify dt: mean of both restored color maps, or image 1's")
     p.add_argument("--dt_confidence_weighted", action="store_true",
@@ -659,7 +663,6 @@ def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, 
 def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> int:
     """Entry point of ``blurry_edges_test.py`` / ``blurry_edges_test_big.py``; returns an exit code."""
     from .data import TestSceneDataset
-
     from .runs import OutputLocationError, add_version_argument, check_output_dir, fresh_run_dir
 
     parser = argparse.ArgumentParser(
