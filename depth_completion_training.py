@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from tqdm import tqdm
 
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights
 from blurry_edges.patches import PatchGrid
+from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
+                               run_script)
 from blurry_edges.training import (DepthCompletionTask, add_basic_args, add_runtime_args, check_weights_meta,
                                    cleanup_distributed, fit, global_depth_for_params, loop_config, print_outputs,
                                    resolve_camera, resolve_setting, set_seed, setup_distributed)
@@ -37,7 +40,7 @@ from blurry_edges.wedges import WedgeRenderer
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the depth-completion U-Net of Ours-PP (our design).")
     add_basic_args(p)
-    p.add_argument("--stride", type=int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
+    p.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
     p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
     p.add_argument("--log_path", type=str, default="./logs", help="path of logs")
     p.add_argument("--epoch_num", type=int, default=100, help="number of epochs")
@@ -46,12 +49,15 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss", type=str, default="l1", choices=["l1", "l2"], help="per-pixel loss")
     p.add_argument("--no_augment", dest="augment", action="store_false", help="no random flips")
     p.add_argument("--global_weights", type=str, default=None,
-                   help=f"global-stage weights for the sparse maps (default: <model_path>/{WEIGHT_FILES['global']})")
+                   help=f"global-stage weights for the sparse maps (default: <model_path>/{TRAINED_FILES['global']} "
+                        f"as global_training.py writes it, else <model_path>/{WEIGHT_FILES['global']})")
     p.add_argument("--cache_path", type=str, default=None, help="where sparse_depth_*.npy go (default: --data_path)")
     p.add_argument("--recompute_cache", action="store_true", help="rebuild the sparse depth maps even if cached")
     p.add_argument("--precal_batch", type=int, default=8, help="scenes per global-stage pass when building the cache")
     add_runtime_args(p, seed=2025, deterministic=False)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_training_outputs(p, args, ("exp_depth_completion_pp",))
+    return args
 
 
 class SparseDensePairs(Dataset):
@@ -141,8 +147,8 @@ def main(argv=None) -> dict:
         set_seed(args.seed, args.deterministic)
         root = Path(args.data_path)
         args.cache_path = args.cache_path or str(root)
-        if args.global_weights is None:
-            args.global_weights = str(Path(args.model_path) / WEIGHT_FILES["global"])
+        args.global_weights = str(choose_weights("global", args.model_path, args.global_weights,
+                                                 log=print if ctx.is_main else None))
         info_file = root / "params_src_train.json"
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         scenes_train = SceneDataset(str(root), "train", with_params=False, with_depth=True)
@@ -157,6 +163,7 @@ def main(argv=None) -> dict:
         global_model.to(ctx.device).eval()
         camera = resolve_camera(args, scenes_train)
         args.camera_params = camera.to_dict()
+        args.data_id = data_fingerprint(args.data_path)
         renderer = WedgeRenderer(args.R, camera)
         files = {s: build_sparse_depth(args, s, global_model, renderer, grid, ctx) for s in ("train", "val")}
         del global_model
@@ -173,4 +180,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from tqdm import tqdm
 from blurry_edges import memory
 from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
+from blurry_edges.runs import (TRAINED_FILES, OutputLocationError, agree, check_output_dir, choose_weights,
+                               positive_int, run_script, weights_meta)
 from blurry_edges.stages import resolve_bf16
 from blurry_edges.training import (add_basic_args, check_weights_meta, cleanup_distributed, local_params_for_images,
                                    plain, resolve_camera, resolve_setting, setup_distributed)
@@ -37,11 +40,12 @@ from blurry_edges.wedges import WedgeRenderer
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Pre-calculate the global stage's input tokens (SPEC §6).")
     add_basic_args(p)
-    p.add_argument("--stride", type=int, default=2, help="patch stride")
+    p.add_argument("--stride", type=positive_int, default=2, help="patch stride")
     p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
     p.add_argument("--batch_size", type=int, default=1, help="scenes per batch")
     p.add_argument("--local_weights", type=str, default=None,
-                   help=f"local-stage weights (default: <model_path>/{WEIGHT_FILES['local']})")
+                   help=f"local-stage weights (default: <model_path>/{TRAINED_FILES['local']} as local_training.py "
+                        f"writes it, else <model_path>/{WEIGHT_FILES['local']})")
     p.add_argument("--splits", type=str, nargs="+", default=["train", "val"], help="which splits to process")
     p.add_argument("--chunk", type=int, default=256, help="patches per local-stage forward pass (256 is fastest on a CPU)")
     p.add_argument("--bf16", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
@@ -54,7 +58,12 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1898, help="seed of the crop origins")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no_progress", dest="progress", action="store_false", help="hide the tqdm bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:                                   # the outputs go next to the data: checked before any work
+        check_output_dir(args.data_path, "--data_path")
+    except OutputLocationError as e:
+        p.error(str(e))
+    return args
 
 
 #: Crop origins of the two splits come from different streams of the same seed.
@@ -128,9 +137,10 @@ def main(argv=None) -> list[Path]:
     ctx = setup_distributed(args.cuda)
     try:
         scenes = SceneDataset(args.data_path, args.splits[0], with_params=False)
-        args.R = resolve_setting("R", args.R, scenes.R, 21, args.data_path)
-        if args.local_weights is None:
-            args.local_weights = str(Path(args.model_path) / WEIGHT_FILES["local"])
+        args.local_weights = str(choose_weights("local", args.model_path, args.local_weights,
+                                                log=print if ctx.is_main else None))
+        args.R = agree("R", args.R, [(scenes.R, f"the data in {args.data_path}"),
+                                     (weights_meta(args.local_weights).get("R"), args.local_weights)], 21)
         model = LocalStage(args.R)
         meta = load_weights(model, args.local_weights, what="local stage")
         check_weights_meta(meta, args.local_weights, R=args.R)
@@ -158,4 +168,4 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -24,6 +24,7 @@ from pathlib import Path
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
+from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script
 from blurry_edges.training import (GlobalTask, add_basic_args, add_runtime_args, check_weights_meta,
                                    cleanup_distributed, fit, loop_config, print_outputs, resolve_camera,
                                    resolve_setting, set_seed, setup_distributed)
@@ -42,7 +43,7 @@ GAMMA_DEFAULTS = {
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the Blurry-Edges global stage (SPEC §6).")
     add_basic_args(p)
-    p.add_argument("--stride", type=int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
+    p.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
     p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
     p.add_argument("--log_path", type=str, default="./logs", help="path of logs")
     p.add_argument("--epoch_num", type=int, default=350, help="number of epochs")
@@ -69,6 +70,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.input_size, args.output_size) != (38, 12):
         p.error("--input_size must be 38 and --output_size 12 (the token layout of SPEC §3)")
+    check_training_outputs(p, args, ("exp_global_stage_w",) if args.densify == "w" else ("exp_global_stage",))
     return args
 
 
@@ -124,6 +126,7 @@ def main(argv=None) -> dict:
 
         camera = resolve_camera(args, train_set)
         args.camera_params = camera.to_dict()
+        args.data_id = data_fingerprint(args.data_path)
         schedule = GlobalSchedule.from_args(args)
         task_grid = crops.grid if crops is not None else grid
         model = GlobalStage(task_grid.Hp, task_grid.Wp, grid.stride)
@@ -140,4 +143,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"))

@@ -12,8 +12,10 @@ the curve ``<log_path>/loss_curve_exp_local_stage.{npy,png}`` and a resumable ch
 from __future__ import annotations
 
 import argparse
+import sys
 
 from blurry_edges.losses import LocalSchedule
+from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script
 from blurry_edges.training import (LocalTask, add_basic_args, add_runtime_args, cleanup_distributed, fit,
                                    loop_config, print_outputs, resolve_camera, resolve_setting, set_seed,
                                    setup_distributed)
@@ -31,7 +33,9 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beta_smthns", type=float, default=0.0005, help="final weight of the smoothness term")
     p.add_argument("--dynamic_epoch", type=int, default=200, help="epochs over which the β weights ramp up")
     add_runtime_args(p, seed=1869, deterministic=False)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_training_outputs(p, args, ("exp_local_stage",))
+    return args
 
 
 def main(argv=None) -> dict:
@@ -47,6 +51,7 @@ def main(argv=None) -> dict:
         args.img_size = resolve_setting("img_size", args.img_size, train_set.img_size, [147, 147], args.data_path)
         camera = resolve_camera(args, train_set)
         args.camera_params = camera.to_dict()
+        args.data_id = data_fingerprint(args.data_path)
         schedule = LocalSchedule(args.beta_bndry_loc, args.beta_smthns, args.dynamic_epoch)
         task = LocalTask(args.R, camera, schedule)
         out = fit(task, train_set, val_set, loop_config(args), ctx)
@@ -57,4 +62,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"))

@@ -9,14 +9,19 @@ and what to do about it.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 __all__ = ["ImageInputError", "LoadedImage", "SUPPORTED_SUFFIXES", "NORMALIZATIONS", "read_image",
-           "normalize_pair"]
+           "check_same_kind", "normalize_pair"]
 
 SUPPORTED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
 #: ``max``: divide both images by the largest value of the pair; ``bitdepth``: by 255 (8-bit),
@@ -68,6 +73,54 @@ def _to_three_channels(a: np.ndarray, path: Path, bgr: bool) -> tuple[np.ndarray
     return rgb, False
 
 
+#: Decoder messages that say nothing about damage (colour profiles, unknown metadata tags).
+_BENIGN_DECODER_MESSAGES = re.compile(r"iCCP|sRGB|known incorrect|unknown field with tag|"
+                                      r"ASCII value for tag|nonstandard tag", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what C libraries (libjpeg, libpng, libtiff via OpenCV) write to file descriptor 2.
+
+    OpenCV decodes a truncated JPEG with the missing part filled in and only prints "Premature end
+    of JPEG file"; the lines caught here let :func:`read_image` refuse such files.
+    """
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:                      # no usable stderr: nothing to capture
+        yield lines
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(ln.strip() for ln in tmp.read().decode("utf-8", "replace").splitlines() if ln.strip())
+
+
+def _decode(path: Path, suffix: str) -> np.ndarray:
+    """OpenCV decode; damage the decoder reports (even when it returns an image) is an error."""
+    import cv2
+
+    with _captured_stderr() as messages:
+        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    damage = [m for m in messages if not _BENIGN_DECODER_MESSAGES.search(m)]
+    if damage:
+        shown = "; ".join(dict.fromkeys(damage))
+        raise ImageInputError(f"{path}: the {suffix[1:].upper()} decoder reports a damaged file ({shown}); "
+                              "the file is probably truncated or corrupt (an interrupted copy or download): "
+                              "copy or export it again")
+    if a is None:
+        raise ImageInputError(f"{path}: could not decode the file as a {suffix[1:].upper()} image "
+                              "(corrupt, empty, or another format under this name)")
+    return a
+
+
 def read_image(path: str | Path) -> LoadedImage:
     """Read an image file into float32 ``[H, W, 3]`` RGB, keeping its value range.
 
@@ -77,11 +130,12 @@ def read_image(path: str | Path) -> LoadedImage:
 
     Raises:
         FileNotFoundError: no such file.
-        ImageInputError: unsupported suffix, unreadable or empty file, bad shape or dtype, NaN/inf.
+        ImageInputError: unsupported suffix, unreadable, damaged or empty file, bad shape or dtype,
+            NaN/inf, a folder instead of a file.
     """
-    import cv2
-
     path = Path(path)
+    if path.is_dir():
+        raise ImageInputError(f"{path} is a folder, not an image file; give the path of an image inside it")
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     suffix = path.suffix.lower()
@@ -95,10 +149,7 @@ def read_image(path: str | Path) -> LoadedImage:
             raise ImageInputError(f"{path}: not a readable NumPy array file ({e})") from e
         bgr = False
     else:
-        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if a is None:
-            raise ImageInputError(f"{path}: could not decode the file as a {suffix[1:].upper()} image "
-                                  "(corrupt, empty, or another format under this name)")
+        a = _decode(path, suffix)
         bgr = True
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise ImageInputError(f"{path}: pixel type {a.dtype} is not supported; use 8/16-bit integers or floats")
@@ -117,6 +168,20 @@ def read_image(path: str | Path) -> LoadedImage:
     return LoadedImage(path=path, data=data, bit_depth=bit_depth, gray=gray, dtype=dtype)
 
 
+def check_same_kind(img1: LoadedImage, img2: LoadedImage) -> None:
+    """Refuse a pair stored with different bit depths or pixel types.
+
+    One scale serves both images; an 8-bit image next to a 16-bit one would come out 256× too dark
+    (or the other too bright), which the networks read as a huge brightness difference.
+    """
+    if img1.dtype != img2.dtype:
+        raise ImageInputError(
+            f"the two images are stored differently: {img1.path} as {img1.dtype}"
+            f"{f' ({img1.bit_depth}-bit)' if img1.bit_depth else ''}, {img2.path} as {img2.dtype}"
+            f"{f' ({img2.bit_depth}-bit)' if img2.bit_depth else ''}; a pair must come from the same "
+            "capture pipeline: export both with the same bit depth (e.g. both as 16-bit TIFF)")
+
+
 def normalize_pair(img1: LoadedImage, img2: LoadedImage, *, alpha: Optional[float] = None,
                    mode: str = "max") -> tuple[np.ndarray, np.ndarray, float, str]:
     """Bring both images to the networks' units with one common scale.
@@ -133,6 +198,7 @@ def normalize_pair(img1: LoadedImage, img2: LoadedImage, *, alpha: Optional[floa
         raise ImageInputError(f"the two images differ in size: {img1.path} is {img1.size[0]}×{img1.size[1]}, "
                               f"{img2.path} is {img2.size[0]}×{img2.size[1]}; they must be registered "
                               "captures of the same view (crop or resample one to match)")
+    check_same_kind(img1, img2)
     if alpha is not None:
         if not (np.isfinite(alpha) and alpha > 0):
             raise ImageInputError(f"--alpha must be a positive photon level, got {alpha}")
@@ -143,11 +209,7 @@ def normalize_pair(img1: LoadedImage, img2: LoadedImage, *, alpha: Optional[floa
             raise ImageInputError(f"both images are entirely black ({img1.path}, {img2.path}); nothing to estimate")
         how = f"divided by the pair's maximum ({scale:g})"
     elif mode == "bitdepth":
-        depths = {img1.bit_depth, img2.bit_depth}
-        if len(depths) != 1:
-            raise ImageInputError(f"the images have different bit depths ({img1.dtype} and {img2.dtype}); "
-                                  "use --normalize max or --alpha")
-        depth = depths.pop()
+        depth = img1.bit_depth
         if depth is None and (img1.dtype.startswith("float") and img2.dtype.startswith("float")):
             scale, how = 1.0, "float images taken as [0, 1]"
         elif depth is None:

@@ -25,10 +25,12 @@ import torch
 from .camera import CameraParams
 from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
+from .runs import (OutputLocationError, add_version_argument, check_output_dir, non_negative_int, positive_int,
+                   provenance)
 from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, build_pipeline,
                        camera_from_args, default_device)
 
-__all__ = ["check_camera", "valid_size", "prepare_pair", "write_outputs", "main"]
+__all__ = ["check_camera", "valid_size", "prepare_pair", "out_of_range_mask", "write_outputs", "main"]
 
 _MODE_NAMES = {"none": "sparse", "w": "W, dense mask", "pp": "PP, U-Net completion", "dt": "domain-transform densified"}
 
@@ -106,6 +108,12 @@ def prepare_pair(path1: str | Path, path2: str | Path, *, alpha: Optional[float]
     return pair, info
 
 
+def out_of_range_mask(depth: np.ndarray, camera: CameraParams) -> np.ndarray:
+    """Pixels with an estimate (> 0) outside the camera's working range [z_min, z_max]: values the
+    networks were not built to give (e.g. a densifier extrapolating), flagged, not silently kept."""
+    return (depth > 0) & ((depth < camera.z_min) | (depth > camera.z_max))
+
+
 def write_outputs(out: dict, out_dir: str | Path, camera: CameraParams, settings: dict) -> list[str]:
     """Write every output map of :meth:`DepthPipeline.run` to ``out_dir``; returns the file names."""
     from .visualize import depth_to_color_png, save_gray_png, save_rgb_png
@@ -125,6 +133,8 @@ def write_outputs(out: dict, out_dir: str | Path, camera: CameraParams, settings
     save_rgb_png(out["sharpened"], d / "sharpened.png")
     save_rgb_png(out["refocused"], d / "refocused.png")
     maps = {k: v.numpy().astype(np.float32) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    outside = out_of_range_mask(depth, camera)
+    maps["out_of_range"] = outside.astype(np.uint8)
     np.savez_compressed(d / "maps.npz", **maps)
     files = ["depth.npy", "depth.png", "confidence.npy", "confidence.png", "boundary.npy", "boundary.png",
              "restored_1.png", "restored_2.png", "sharpened.png", "refocused.png", "maps.npz", "settings.json"]
@@ -133,6 +143,9 @@ def write_outputs(out: dict, out_dir: str | Path, camera: CameraParams, settings
         "fraction_with_estimate": float(valid.mean()),
         "min_m": float(depth[valid].min()) if valid.any() else None,
         "max_m": float(depth[valid].max()) if valid.any() else None,
+        "working_range_m": [camera.z_min, camera.z_max],
+        "pixels_outside_working_range": int(outside.sum()),
+        "fraction_outside_working_range": float(outside.sum() / max(int(valid.sum()), 1)),
     })
     (d / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     return files
@@ -144,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Blurry-Edges depth from two registered images taken with optical powers rho_1 and rho_2.")
     p.add_argument("image1", help="capture with optical power rho_1 (PNG/TIFF/JPEG/NPY)")
     p.add_argument("image2", help="capture with optical power rho_2, same view and size")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (checked before any work)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    add_version_argument(p)
     norm = p.add_argument_group("normalization (networks expect photon counts / alpha, about [0, 1])")
     norm.add_argument("--alpha", type=float, default=None,
                       help="photon level: the images hold photon counts and are divided by ALPHA")
@@ -152,40 +167,57 @@ def build_parser() -> argparse.ArgumentParser:
                       help="without --alpha: divide by the pair's maximum (default) or by the bit depth's "
                            "full scale (255 / 65535; float images as they are)")
     m = p.add_argument_group("model")
-    m.add_argument("--model_path", default="./pretrained_weights", help="folder with the weight files")
-    m.add_argument("--local_weights", default=None, help="override MODEL_PATH/pretrained_local_stage.pth")
+    m.add_argument("--model_path", default="./pretrained_weights",
+                   help="folder with the weight files: freshly trained best_run_exp_*.pth, else the authors' names")
+    m.add_argument("--local_weights", default=None,
+                   help="local-stage weights (default: MODEL_PATH/best_run_exp_local_stage.pth, "
+                        "else MODEL_PATH/pretrained_local_stage.pth)")
     m.add_argument("--global_weights", default=None,
-                   help="override MODEL_PATH/pretrained_global_stage.pth (…_w.pth for --densify w)")
-    m.add_argument("--pp_weights", default=None, help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
+                   help="global-stage weights (default: MODEL_PATH/best_run_exp_global_stage.pth, else "
+                        "MODEL_PATH/pretrained_global_stage.pth; …_w.pth for --densify w)")
+    m.add_argument("--pp_weights", default=None,
+                   help="U-Net weights (default: MODEL_PATH/best_run_exp_depth_completion_pp.pth, "
+                        "else MODEL_PATH/pretrained_depth_completion_pp.pth)")
     m.add_argument("--densify", type=_densify_arg, default="none",
                    help="none (sparse depth near boundaries, default), w, pp or dt (dense)")
-    m.add_argument("--R", type=int, default=21, help="patch size of the weights")
-    m.add_argument("--stride", type=int, default=2, help="patch stride")
-    m.add_argument("--block", type=int, default=147, help="block size the global stage works on")
-    m.add_argument("--n_margin_patch", type=int, default=10, help="margin patches dropped at inner block borders")
+    m.add_argument("--R", type=positive_int, default=None, help="patch size (default: the weights', else 21)")
+    m.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the weights', else 2)")
+    m.add_argument("--block", type=positive_int, default=None,
+                   help="block size the global stage works on (default: the global weights' image size, else 147)")
+    m.add_argument("--n_margin_patch", type=non_negative_int, default=10, help="margin patches dropped at inner block borders")
     m.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     m.add_argument("--device", "--cuda", dest="device", default=default_device(),
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     m.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
-    m.add_argument("--tile_batch", type=int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
+    m.add_argument("--tile_batch", type=positive_int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
     add_camera_arguments(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:                                           # every output location, before any work
+        out_dir = check_output_dir(args.out, "--out")
+        if (out_dir / "settings.json").is_file() and not args.overwrite:
+            raise OutputLocationError(f"--out {out_dir} holds the results of an earlier run; choose another folder "
+                                      "or pass --overwrite to replace them")
+    except OutputLocationError as e:
+        parser.error(str(e))
     try:
-        camera = camera_from_args(args)
+        pipeline: DepthPipeline = build_pipeline(
+            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
+            img_size=None if args.block is None else (args.block, args.block), camera=camera_from_args(args),
+            device=args.device, bf16=args.bf16, rho_prime=args.rho_prime, margin=args.n_margin_patch,
+            local_weights=args.local_weights, global_weights=args.global_weights, pp_weights=args.pp_weights,
+            tile_batch=args.tile_batch, dt_params=DTParams(), log=print)
+        camera = pipeline.camera
+        args.R, args.stride = pipeline.config.R, pipeline.config.stride
+        args.block = pipeline.tile_size[0]
         for w in check_camera(camera, args.R):
             print(f"warning: {w}")
         pair, info = prepare_pair(args.image1, args.image2, alpha=args.alpha, normalize=args.normalize,
                                   block=args.block, stride=args.stride)
-        pipeline: DepthPipeline = build_pipeline(
-            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
-            img_size=(args.block, args.block), camera=camera, device=args.device, bf16=args.bf16,
-            rho_prime=args.rho_prime, margin=args.n_margin_patch, local_weights=args.local_weights,
-            global_weights=args.global_weights, pp_weights=args.pp_weights, tile_batch=args.tile_batch,
-            dt_params=DTParams())
         out = pipeline.run(pair)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -195,10 +227,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "device": str(pipeline.device), "R": args.R, "stride": args.stride, "block": args.block,
         "n_margin_patch": args.n_margin_patch, "rho_prime": args.rho_prime, "tau": pipeline.config.threshold,
         "blocks": out["tiles"], "timing_s": out["timing"],
-        "weights": {"model_path": args.model_path, "local": args.local_weights, "global": args.global_weights,
-                    "pp": args.pp_weights},
+        "args": {k: v for k, v in vars(args).items()},
+        "weights": {"model_path": args.model_path, **pipeline.weight_files},
+        "provenance": provenance(pipeline.weight_files),
     }
     files = write_outputs(out, args.out, camera, settings)
+    stats = json.loads((Path(args.out) / "settings.json").read_text())["depth_stats"]
+    if stats["pixels_outside_working_range"]:
+        print(f"warning: {stats['pixels_outside_working_range']} pixels "
+              f"({100 * stats['fraction_outside_working_range']:.1f} % of the estimates) lie outside the working "
+              f"range {camera.z_min}–{camera.z_max} m; they are kept in depth.npy and flagged in maps.npz "
+              "(out_of_range) and settings.json: treat them as unreliable")
     t = out["timing"]
     print(f"depth for {info['size'][0]}×{info['size'][1]} pixels ({out['tiles']} block"
           f"{'s' if out['tiles'] != 1 else ''}) in {t['total']:.2f} s on {pipeline.device}")

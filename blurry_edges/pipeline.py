@@ -43,6 +43,7 @@ from .camera import CameraParams
 from .densify import DTParams, domain_transform_densify
 from .metrics import METRIC_NAMES, average_metrics, eval_depth
 from .patches import BlockLayout, PatchGrid
+from .runs import non_negative_int, positive_int
 from .stages import autocast_context, local_features, pair_tokens
 from .wedges import WedgeRenderer, decode_global
 
@@ -409,43 +410,58 @@ def tile_token_index(layout: BlockLayout) -> torch.Tensor:
 
 # ====================================================================== building from weight files
 def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Optional[str] = "none",
-                   R: int = 21, stride: int = 2, img_size: Sequence[int] = (147, 147),
+                   R: Optional[int] = None, stride: Optional[int] = None, img_size: Optional[Sequence[int]] = None,
                    camera: CameraParams | None = None, device: torch.device | str = "cpu",
                    bf16: bool = False, rho_prime: float = RHO_PRIME, margin: int = 10,
                    local_weights: str | Path | None = None, global_weights: str | Path | None = None,
                    pp_weights: str | Path | None = None, tile_batch: int = 1,
                    dt_params: DTParams | None = None, dt_guide: str = "mean",
-                   tau: Optional[float] = None) -> DepthPipeline:
+                   tau: Optional[float] = None, log=None) -> DepthPipeline:
     """Build the networks, load their weights and return a :class:`DepthPipeline`.
 
-    Weights are our checkpoints or the authors' files, by default
-    ``model_path/{pretrained_local_stage, pretrained_global_stage(_w), pretrained_depth_completion_pp}.pth``
-    (the ``_w`` global weights for ``densify="w"``). ``img_size`` is the size the global stage works
-    on: the whole image for the regular test script, one block for large images (147 × 147).
+    The weight files are chosen by :func:`blurry_edges.runs.choose_weights` (explicit files, else
+    the freshly trained ``best_run_exp_*.pth`` in ``model_path``, else the authors' file names
+    ``pretrained_{local_stage, global_stage(_w), depth_completion_pp}.pth``; the ``_w`` global
+    weights for ``densify="w"``); ``log`` (e.g. ``print``) is told which file each network uses.
+    ``R``, ``stride`` and ``img_size`` (the size the global stage works on: the whole image for the
+    regular test script, one block for large images) default to what the weights record, else 21,
+    2 and 147 × 147; a value that contradicts the weights, or local and global weights of different
+    R or stride, is a ``ValueError``. The pipeline keeps the chosen files in ``weight_files``.
     """
-    from .models import WEIGHT_FILES, GlobalStage, LocalStage, UNet, load_weights
+    from .models import GlobalStage, LocalStage, UNet, load_weights
+    from .runs import choose_weights, settings_from_weights, weights_meta
 
     mode = normalize_densify(densify)
+    gkey = "global_w" if mode == "w" else "global"
+    files = {"local": choose_weights("local", model_path, local_weights, log=log),
+             gkey: choose_weights(gkey, model_path, global_weights, log=log)}
+    if mode == "pp":
+        files["pp"] = choose_weights("pp", model_path, pp_weights, log=log)
+    metas = {k: (files[k], weights_meta(files[k])) for k in ("local", gkey)}
+    settings = settings_from_weights(metas, R=R, stride=stride)
+    R, stride = int(settings.get("R", 21)), int(settings.get("stride", 2))
+    if img_size is None:
+        img_size = metas[gkey][1].get("img_size") or (147, 147)
     H, W = int(img_size[0]), int(img_size[1])
     grid = PatchGrid(H, W, R, stride)
     if (H - R) % stride or (W - R) % stride:
         raise ValueError(f"img_size {H}×{W} does not fit the patch grid: (size − R) must be a multiple of the stride")
     device = torch.device(device)
-    model_path = Path(model_path)
     local = LocalStage(R=R)
-    load_weights(local, local_weights or model_path / WEIGHT_FILES["local"], map_location="cpu", what="local stage")
+    load_weights(local, files["local"], map_location="cpu", what="local stage")
     glob = GlobalStage(patch_rows=grid.Hp, patch_cols=grid.Wp, stride=stride)
-    gkey = "global_w" if mode == "w" else "global"
-    load_weights(glob, global_weights or model_path / WEIGHT_FILES[gkey], map_location="cpu",
+    load_weights(glob, files[gkey], map_location="cpu",
                  what="global stage" + (" (W variant)" if mode == "w" else ""))
     unet = None
     if mode == "pp":
         unet = UNet()
-        load_weights(unet, pp_weights or model_path / WEIGHT_FILES["pp"], map_location="cpu",
-                     what="depth-completion U-Net")
+        load_weights(unet, files["pp"], map_location="cpu", what="depth-completion U-Net")
     config = PipelineConfig(R=R, stride=stride, densify=mode, rho_prime=rho_prime, bf16=bf16, margin=margin,
                             tile_batch=tile_batch, dt_params=dt_params or DTParams(), dt_guide=dt_guide, tau=tau)
-    return DepthPipeline(local, glob, camera, config, unet=unet, device=device)
+    pipeline = DepthPipeline(local, glob, camera, config, unet=unet, device=device)
+    pipeline.weight_files = {k: str(v) for k, v in files.items()}
+    pipeline.weights_meta = {k: m for k, (_, m) in metas.items()}
+    return pipeline
 
 
 # ====================================================================== shared command-line pieces
@@ -496,38 +512,47 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
     p.add_argument("--cuda", type=str, default=default_device(),
                    help="device, e.g. cuda, cuda:0 or cpu (default: cuda if available, else cpu)")
     p.add_argument("--model_path", type=str, default="./pretrained_weights",
-                   help="folder with the weight files (the authors' names)")
-    p.add_argument("--img_size", type=int, nargs=2, default=[147, 147], metavar=("H", "W"),
-                   help="image size the global stage works on" + (" (the block size)" if big else ""))
+                   help="folder with the weight files: freshly trained best_run_exp_*.pth, else the authors' names")
+    p.add_argument("--img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                   help="image size the global stage works on" + (" (the block size; default: what the global "
+                        "weights were trained on, else 147 147)" if big else " (default: the test set's)"))
     if big:
-        p.add_argument("--big_img_size", type=int, nargs=2, default=None, metavar=("H", "W"),
+        p.add_argument("--big_img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                        help="expected size of the large images (default: whatever the test set holds; "
                             "any 147 + 2k with stride 2, the paper recommends 147 + 4x)")
-        p.add_argument("--n_margin_patch", type=int, default=10,
+        p.add_argument("--n_margin_patch", type=non_negative_int, default=10,
                        help="margin patches dropped on every inner block border")
-    p.add_argument("--R", type=int, default=21, help="patch size")
-    p.add_argument("--stride", type=int, default=2, help="patch stride")
+    p.add_argument("--R", type=positive_int, default=None, help="patch size (default: the weights', else 21)")
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="patch stride (default: the global weights', else 2)")
     p.add_argument("--data_path", type=str, default="./data/data_test_big" if big else "./data/data_test",
                    help="test set (ours or the authors' images_ny.npy / depth_maps.npy / alphas.npy)")
     p.add_argument("--log_path", type=str, default="./logs", help="outputs go to LOG_PATH/RUN_NAME/")
     p.add_argument("--run_name", type=str, default=None,
-                   help="sub-folder of --log_path (default: test[_big]_<densify>[_bf16])")
-    p.add_argument("--batch_size", type=int, default=1,
+                   help="sub-folder of --log_path (default: test[_big]_<densify>[_bf16]); when it holds an "
+                        "earlier run, RUN_NAME_2, _3 … is used instead")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in LOG_PATH/RUN_NAME instead of a new folder")
+    p.add_argument("--batch_size", type=positive_int, default=1,
                    help="scenes are processed one at a time; this many 147×147 blocks share a "
                         "global-stage forward pass" if big else "kept for compatibility: scenes are processed one at a time")
-    p.add_argument("--crop", type=int, default=10, help="pixels cropped on every side before the metrics")
+    p.add_argument("--crop", type=non_negative_int, default=10, help="pixels cropped on every side before the metrics")
     p.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     p.add_argument("--densify", type=_densify_arg, default="none", nargs="?", const="none",
                    help="none (sparse, default), w (dense-mask global weights), pp (U-Net completion) "
                         "or dt (domain-transform densifier)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
-    p.add_argument("--max_scenes", type=int, default=None, help="evaluate only the first N scenes")
+    p.add_argument("--max_scenes", type=positive_int, default=None, help="evaluate only the first N scenes")
     p.add_argument("--no_figures", action="store_true", help="skip the per-scene PNG figures")
-    p.add_argument("--local_weights", type=str, default=None, help="override MODEL_PATH/pretrained_local_stage.pth")
+    p.add_argument("--local_weights", type=str, default=None,
+                   help="local-stage weights (default: MODEL_PATH/best_run_exp_local_stage.pth, "
+                        "else MODEL_PATH/pretrained_local_stage.pth)")
     p.add_argument("--global_weights", type=str, default=None,
-                   help="override MODEL_PATH/pretrained_global_stage.pth (…_w.pth for --densify w)")
+                   help="global-stage weights (default: MODEL_PATH/best_run_exp_global_stage.pth, else "
+                        "MODEL_PATH/pretrained_global_stage.pth; …_w.pth for --densify w)")
     p.add_argument("--pp_weights", type=str, default=None,
-                   help="override MODEL_PATH/pretrained_depth_completion_pp.pth")
+                   help="U-Net weights (default: MODEL_PATH/best_run_exp_depth_completion_pp.pth, "
+                        "else MODEL_PATH/pretrained_depth_completion_pp.pth)")
     p.add_argument("--dt_guide", choices=("mean", "image1"), default="mean",
                    help="guide of --densify dt: mean of both restored color maps, or image 1's")
     p.add_argument("--dt_confidence_weighted", action="store_true",
@@ -607,8 +632,11 @@ def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, 
                               title=f"scene {i:04d}  ({pipeline.config.densify})")
     avg = average_metrics(metrics)
     times = [r["time_s"] for r in rows]
+    from .runs import provenance
+
     summary = {
         "args": run_args or {},
+        "provenance": provenance(getattr(pipeline, "weight_files", {})),
         "camera": cam.to_dict(),
         "config": asdict(pipeline.config),
         "device": str(pipeline.device),
@@ -635,12 +663,18 @@ def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, 
 def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> int:
     """Entry point of ``blurry_edges_test.py`` / ``blurry_edges_test_big.py``; returns an exit code."""
     from .data import TestSceneDataset
+    from .runs import OutputLocationError, add_version_argument, check_output_dir, fresh_run_dir
 
     parser = argparse.ArgumentParser(
         description=("Blurry-Edges evaluation on large images through 147×147 blocks (SPEC §4)" if big else
                      "Blurry-Edges evaluation on a test set: per-scene depth metrics, figures and maps"))
     add_eval_arguments(parser, big=big)
+    add_version_argument(parser)
     args = parser.parse_args(argv)
+    try:
+        check_output_dir(args.log_path, "--log_path")
+    except OutputLocationError as e:
+        parser.error(str(e))
     try:
         dataset = TestSceneDataset(args.data_path)
     except FileNotFoundError as e:
@@ -656,37 +690,51 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
         print(f"error: --big_img_size {args.big_img_size[0]} {args.big_img_size[1]} but the test set at "
               f"{args.data_path} holds {H}×{W} images; drop the option or pass the matching size", file=sys.stderr)
         return 2
-    if not big and (H, W) != tuple(args.img_size):
+    if not big and args.img_size is not None and (H, W) != tuple(args.img_size):
         print(f"error: the test set at {args.data_path} holds {H}×{W} images but --img_size is "
               f"{args.img_size[0]} {args.img_size[1]}; pass --img_size {H} {W} or use blurry_edges_test_big.py "
               "for large images", file=sys.stderr)
         return 2
     dataset_camera = getattr(dataset, "camera", None)
-    try:
-        camera = camera_from_args(args, fallback=dataset_camera)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
-        print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
     dt = DTParams(confidence_weighted=args.dt_confidence_weighted)
     try:
         pipeline = build_pipeline(
             model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
-            img_size=args.img_size, camera=camera, device=args.cuda, bf16=args.bf16, rho_prime=args.rho_prime,
+            img_size=args.img_size if (big or args.img_size is not None) else (H, W), camera=None, device=args.cuda,
+            bf16=args.bf16, rho_prime=args.rho_prime,
             margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
             global_weights=args.global_weights, pp_weights=args.pp_weights,
-            tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide)
+            tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide, log=print)
+        gkey = "global_w" if args.densify == "w" else "global"
+        trained = pipeline.weights_meta.get(gkey, {}).get("img_size")
+        if not big and args.img_size is None and trained is not None and list(trained) != [H, W]:
+            raise ValueError(f"the test images are {H}×{W}, but the global stage in {pipeline.weight_files[gkey]} "
+                             f"was trained on {trained[0]}×{trained[1]} images; evaluate a test set of that size, use "
+                             f"blurry_edges_test_big.py (blocks of the trained size), or pass --img_size {H} {W} to "
+                             "run it on these images anyway")
+        weights_camera = pipeline.weights_meta.get(gkey, {}).get("args", {}).get("camera_params")
+        weights_camera = CameraParams.from_dict(weights_camera) if weights_camera else None
+        if (not camera_given(args) and dataset_camera is not None and weights_camera is not None
+                and dataset_camera != weights_camera):
+            raise ValueError(f"the test set at {args.data_path} was made with camera {dataset_camera.to_dict()}, the "
+                             f"weights in {pipeline.weight_files[gkey]} were trained with {weights_camera.to_dict()}; "
+                             "say which one to evaluate with: --camera FILE or the per-field flags (--rho_1 …)")
+        camera = camera_from_args(args, fallback=dataset_camera or weights_camera)
+        pipeline.camera = camera
+        pipeline.renderer = WedgeRenderer(pipeline.config.R, camera)
         if big:
             pipeline.layout(H, W, blocks=True)        # size checks before the first scene
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
+        print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
+    args.R, args.stride = pipeline.config.R, pipeline.config.stride
     run_name = args.run_name or f"test{'_big' if big else ''}_{'sparse' if args.densify == 'none' else args.densify}" \
                                 f"{'_bf16' if args.bf16 else ''}"
-    out_dir = Path(args.log_path) / run_name
+    out_dir = fresh_run_dir(args.log_path, run_name, args.overwrite)
     print(f"{len(dataset)} scenes of {H}×{W} ({dataset.format} format) from {args.data_path}; device {args.cuda}, "
-          f"densify={args.densify}, bf16={args.bf16}"
+          f"densify={args.densify}, bf16={args.bf16}, R={args.R}, stride={args.stride}"
           + (f", {len(pipeline.layout(H, W, blocks=True).origins())} blocks per image" if big else ""))
     summary = evaluate_test_set(
         pipeline, dataset, out_dir, crop=args.crop, max_scenes=args.max_scenes, figures=not args.no_figures,

@@ -214,8 +214,12 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, dpi: int = 200) -> tuple[Path, Path]:
-    """Write ``<name>.npy`` (float64, one value per finished epoch) and ``<name>.png`` (log scale)."""
+def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, dpi: int = 200,
+                    train: Optional[list[float]] = None) -> tuple[Path, Path]:
+    """Write ``<name>.npy`` (validation loss, float64, one value per finished epoch), with ``train``
+    also ``<name>_train.npy`` (mean training loss per epoch), and ``<name>.png``: both curves over
+    epochs numbered from 1 as in the text log, with markers (one epoch is a visible point), log
+    scale when every value is positive."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -225,13 +229,30 @@ def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, 
     arr = np.asarray(curve, dtype=np.float64)
     npy = log_path / f"{name}.npy"
     np.save(npy, arr)
+    series = [("validation", arr, "tab:blue", "o")]
+    if train is not None:
+        tr = np.asarray(train, dtype=np.float64)
+        np.save(log_path / f"{name}_train.npy", tr)
+        series.insert(0, ("training", tr, "tab:orange", "s"))
     png = log_path / f"{name}.png"
     fig, ax = plt.subplots(figsize=(8, 6))
-    ax.set_xlabel("Epochs")
+    ax.set_xlabel("Epoch")
     ax.set_ylabel("Average loss")
-    if arr.size and np.all(arr > 0):
+    shown = np.concatenate([s[np.isfinite(s)] for _, s, _, _ in series]) if series else arr
+    if shown.size and np.all(shown > 0):
         ax.set_yscale("log")
-    ax.plot(np.arange(arr.size), arr, linestyle="-", color="b", linewidth=2)
+    for label, values, color, marker in series:
+        epochs = np.arange(1, values.size + 1)
+        ax.plot(epochs, values, linestyle="-", color=color, linewidth=2, marker=marker, markersize=5, label=label)
+    n = max((s.size for _, s, _, _ in series), default=0)
+    ax.set_xlim(0.5, max(n, 1) + 0.5)
+    from matplotlib.ticker import MaxNLocator                 # epochs 1, 2, … as the log numbers them
+    if n <= 20:
+        ax.set_xticks(np.arange(1, max(n, 1) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    ax.grid(True, alpha=0.3)
     fig.savefig(png, format="png", bbox_inches="tight", dpi=dpi)
     plt.close(fig)
     return npy, png
@@ -496,6 +517,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
               f"{'bf16 autocast' if cfg.bf16 else 'float32'}{', channels_last' if task.channels_last else ''}")
     ckpt_file = checkpoint_path(cfg, task)
     start_epoch, best_loss, best_epoch, curve = 0, math.inf, -1, []
+    train_curve: list[float] = []       # mean training loss per epoch (the figure shows both curves)
     resumed = False
     if cfg.resume:
         if ckpt_file.is_file():
@@ -508,6 +530,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
             start_epoch, best_loss, best_epoch = ckpt["epoch"], ckpt["best_loss"], ckpt["best_epoch"]
             seconds_before = float(ckpt.get("train_seconds", 0.0))
             curve = list(ckpt["loss_curve"])
+            train_curve = list(ckpt.get("train_curve", [float("nan")] * len(curve)))
             states = ckpt["rng"]
             restore_rng(states[ctx.rank] if len(states) == ctx.world_size else states[0], device)
             resumed = True
@@ -528,6 +551,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
     weights_path = Path(cfg.model_path) / task.weights_file
     show = cfg.progress and ctx.is_main
     finished = start_epoch >= cfg.epochs
+    if resumed and finished and best_epoch >= 0 and not weights_path.is_file():
+        raise ValueError(f"--resume: {ckpt_file} records a finished run whose best weights should be {weights_path}, "
+                         "but that file does not exist; nothing was trained. Start the run afresh (without --resume) "
+                         "or pass the --model_path the run wrote to")
     last_epoch_seconds = 0.0
 
     epochs = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, disable=not show,
@@ -539,6 +566,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         model.train()
         steps = tqdm(train_loader, leave=False, disable=not show, desc=f"epoch {epoch + 1}", dynamic_ncols=True)
         n_steps = len(train_loader)
+        train_total = torch.zeros((), dtype=torch.float64, device=device)
         for step, batch in enumerate(steps):
             if task.schedule_per_step:                 # compressed schedules move every step
                 weights = task.schedule(epoch + step / n_steps)
@@ -563,6 +591,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
             if cfg.clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), max_norm=cfg.clip_norm, norm_type=2)
             optimizer.step()
+            train_total += loss.detach().double()
             if show and steps.n % 10 == 0:
                 steps.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
 
@@ -571,6 +600,8 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
                 dist.broadcast(buf, src=0)
         val_loss = evaluate(task, model, val_loader, ctx)
         curve.append(val_loss)
+        total, count = ctx.sum([train_total.item(), float(n_steps)])
+        train_curve.append(total / max(count, 1.0))
         if cfg.lr_schedule == "cosine":
             patience, lr = "-", optimizer.param_groups[0]["lr"]
         else:
@@ -599,6 +630,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
                 "best_loss": float(best_loss),
                 "best_epoch": int(best_epoch),
                 "loss_curve": [float(v) for v in curve],
+                "train_curve": [float(v) for v in train_curve],
                 "rng": rng,
                 "world_size": ctx.world_size,
                 "batch_size": cfg.batch_size,
@@ -608,6 +640,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
             }, ckpt_file)
             Path(cfg.log_path).mkdir(parents=True, exist_ok=True)   # the curve so far (the PNG comes at the end)
             np.save(Path(cfg.log_path) / f"loss_curve_{task.name}.npy", np.asarray(curve, dtype=np.float64))
+            np.save(Path(cfg.log_path) / f"loss_curve_{task.name}_train.npy", np.asarray(train_curve, dtype=np.float64))
         if show:
             epochs.set_postfix(val=f"{val_loss:.5g}", best=f"{best_loss:.5g}", refresh=False)
 
@@ -626,11 +659,13 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
                 break
     epochs.close()
 
-    outputs: dict[str, Any] = {"model": unwrap(model), "loss_curve": curve, "best_loss": best_loss, "best_epoch": best_epoch,
+    outputs: dict[str, Any] = {"model": unwrap(model), "loss_curve": curve, "train_curve": train_curve,
+                               "best_loss": best_loss, "best_epoch": best_epoch,
                                "epochs_done": len(curve), "finished": finished, "weights": str(weights_path),
                                "checkpoint": str(ckpt_file), "log": str(log.path)}
     if ctx.is_main:
-        npy, png = save_loss_curve(curve, cfg.log_path, f"loss_curve_{task.name}", dpi=cfg.curve_dpi)
+        npy, png = save_loss_curve(curve, cfg.log_path, f"loss_curve_{task.name}", dpi=cfg.curve_dpi,
+                                   train=train_curve)
         outputs.update(curve_npy=str(npy), curve_png=str(png))
         if finished and best_epoch >= 0 and len(curve) > start_epoch:
             log.write(f"\n-- Best epoch is the {best_epoch + 1:d}th, with average loss of {best_loss:.10f}")
@@ -668,6 +703,8 @@ def _check_checkpoint(ckpt: dict, path: Path, task: Task, cfg: LoopConfig) -> No
     if ckpt.get("batch_size") != cfg.batch_size:
         raise ValueError(f"{path} was written with --batch_size {ckpt.get('batch_size')}, this run has "
                          f"{cfg.batch_size}; resume with the same batch size")
+    from .runs import check_resume
+    check_resume(ckpt.get("args", {}), cfg.args, path)
 
 
 # ============================================================================ command line
@@ -675,10 +712,12 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministi
     """Options shared by the training scripts beyond the authors' (device, resume, time, bf16 …)."""
     g = parser.add_argument_group("runtime (beyond the authors' options)")
     g.add_argument("--seed", type=int, default=seed, help=f"random seed (authors: {seed})")
-    g.add_argument("--checkpoint_dir", type=str, default="./checkpoints",
-                   help="where the full per-epoch checkpoint <name>_last.pt is written")
+    g.add_argument("--checkpoint_dir", type=str, default=None,
+                   help="where the full per-epoch checkpoint <name>_last.pt is written "
+                        "(default: MODEL_PATH/checkpoints, so a checkpoint belongs to its run)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --checkpoint_dir (starts fresh if there is none)")
+                   help="continue from the checkpoint in --checkpoint_dir (starts fresh if there is none); "
+                        "a checkpoint of another run (data, R, stride, size, camera, schedule) is an error")
     g.add_argument("--max_minutes", type=float, default=None,
                    help="stop cleanly after the last epoch that fits in this many minutes (then --resume)")
     g.add_argument("--bf16", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
@@ -704,9 +743,11 @@ def add_basic_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda", type=str, default=None,
                         help="device: 'cuda', 'cuda:N' or 'cpu' (default: CUDA when available)")
     parser.add_argument("--model_path", type=str, default="./pretrained_weights", help="path of model weights")
-    parser.add_argument("--img_size", type=int, nargs=2, default=None,
+    from .runs import add_version_argument, positive_int
+    parser.add_argument("--img_size", type=positive_int, nargs=2, default=None,
                         help="image size H W (default: the data's, else 147 147)")
-    parser.add_argument("--R", type=int, default=None, help="patch size (default: the data's, else 21)")
+    parser.add_argument("--R", type=positive_int, default=None, help="patch size (default: the data's, else 21)")
+    add_version_argument(parser)
     from .pipeline import add_camera_arguments
     add_camera_arguments(parser)
 

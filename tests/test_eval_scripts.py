@@ -111,9 +111,9 @@ def test_our_format_from_the_generator(weights, tmp_path):
         pytest.skip(f"the test-set generator could not make a tiny set here: {e!r}")
     assert (data / "manifest.json").is_file()
     argv = [*SMALL, "--model_path", str(weights), "--data_path", str(data), "--log_path", str(tmp_path),
-            "--no_figures", "--run_name", "ours"]
+            "--no_figures", "--run_name", "ours_eval"]
     assert run_eval_script(argv) == 0
-    _check_run(tmp_path / "ours", 1, False)
+    _check_run(tmp_path / "ours_eval", 1, False)
 
 
 def test_big_script_on_one_block_equals_regular(weights, authors_set, tmp_path):

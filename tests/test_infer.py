@@ -66,7 +66,7 @@ def test_16bit_tiff_npy_blocks_crop_and_camera_json(weights, tmp_path, capsys):
     img = scene(37, 38)
     a, b = tmp_path / "a.tif", tmp_path / "b.npy"
     cv2.imwrite(str(a), (img * 16).astype(np.uint16)[..., ::-1])                    # 16-bit, BGR on disk
-    np.save(b, (img * 16).astype(np.float32))                                       # RGB float counts
+    np.save(b, (img * 16).astype(np.uint16))                                        # RGB counts, same dtype
     cam = tmp_path / "camera.json"
     cam.write_text(json.dumps({"rho_1": 10.0, "rho_2": 10.25}))
     out = tmp_path / "out"

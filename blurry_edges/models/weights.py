@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,14 +69,27 @@ def _strip_wrapper_prefix(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _not_weights_message(path: Path, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, without PyTorch's advice to retry
+    with ``weights_only=False`` (which would run whatever code the file carries)."""
+    text = str(err)
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{path} is not a weight file: it holds pickled Python objects{what} besides tensors, which "
+                "neither this project nor the authors write. It is not loaded (unpickling would run code from "
+                "the file); give the .pth file of the network's weights instead")
+    return (f"{path} is not a PyTorch weight file (torch.load could not read it: "
+            f"{type(err).__name__}); give the .pth file of the network's weights, or download it again "
+            "if it is truncated")
+
+
 def _read(path: Path, map_location: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read ``path`` and return (state dict, meta); meta is empty for a raw state dict."""
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch.load reports corrupt/foreign files with assorted error types
-        raise ValueError(
-            f"could not read {path} as PyTorch weights ({type(err).__name__}: {err})"
-        ) from err
+        raise ValueError(_not_weights_message(path, err)) from None
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         meta = dict(obj.get("meta") or {})

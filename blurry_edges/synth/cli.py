@@ -9,11 +9,14 @@ pixel_pitch``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import time
 from pathlib import Path
 
 from ..camera import CameraParams
+from ..runs import add_version_argument
 from .realistic import RealisticConfig
 from .shapes import ShapeSceneConfig
 
@@ -44,6 +47,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--save_png", type=int, default=0, metavar="N", help="write preview PNGs of the first N scenes per split")
     o.add_argument("--overwrite", action="store_true", help="replace an existing data set at --data_path")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_version_argument(parser)
 
 
 def build_camera(args) -> CameraParams:
@@ -101,6 +105,22 @@ def test_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _interrupt_on_sigterm():
+    """Inside: ``kill PID`` (SIGTERM) stops a run as Ctrl-C does, so the temporary folder is removed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:                   # not the main thread: leave the handler alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fail(parser: argparse.ArgumentParser, e: BaseException) -> None:
     parser.exit(2, f"{parser.prog}: error: {e}\n")
 
@@ -114,9 +134,10 @@ def run_train_val(argv=None) -> Path | None:
         cfg = ShapeSceneConfig(img_size=tuple(args.img_size), R=args.R, num_shape=tuple(args.num_shape),
                                alpha=tuple(args.alpha), sigma=args.sigma, camera=build_camera(args)).validate()
         t0 = time.perf_counter()
-        out = generate_train_val(cfg, args.data_path, args.num_sample_train, args.num_sample_val, seed=args.seed,
-                                 workers=args.workers, save_png=args.save_png, overwrite=args.overwrite,
-                                 cli_args=vars(args), progress=not args.quiet)
+        with _interrupt_on_sigterm():
+            out = generate_train_val(cfg, args.data_path, args.num_sample_train, args.num_sample_val,
+                                     seed=args.seed, workers=args.workers, save_png=args.save_png,
+                                     overwrite=args.overwrite, cli_args=vars(args), progress=not args.quiet)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
         _fail(parser, e)
         return None
@@ -143,10 +164,11 @@ def run_test(argv=None) -> Path | None:
         cfg = RealisticConfig(img_size=size, alpha=tuple(args.alpha), sigma=args.sigma, camera=build_camera(args),
                               n_interval=args.n_interval)
         t0 = time.perf_counter()
-        out = generate_test(cfg, args.data_path, args.num_sample_test, source=args.source,
-                            frgd_path=args.frgd_path, bkgd_path=args.bkgd_path, R=args.R, seed=args.seed,
-                            workers=args.workers, save_png=args.save_png, overwrite=args.overwrite,
-                            cli_args=vars(args), progress=not args.quiet)
+        with _interrupt_on_sigterm():
+            out = generate_test(cfg, args.data_path, args.num_sample_test, source=args.source,
+                                frgd_path=args.frgd_path, bkgd_path=args.bkgd_path, R=args.R, seed=args.seed,
+                                workers=args.workers, save_png=args.save_png, overwrite=args.overwrite,
+                                cli_args=vars(args), progress=not args.quiet)
     except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as e:
         _fail(parser, e)
         return None

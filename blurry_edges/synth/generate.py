@@ -29,12 +29,15 @@ On-disk layout (ours, ``blurry_edges_v1``; ``manifest.json`` lists every file's 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import multiprocessing as mp
 import os
 import platform
+import signal
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -64,7 +67,45 @@ def scene_rng(seed: int, split: str, index: int, stream: int = STREAM_SCENE) -> 
 
 # ------------------------------------------------------------------------------- parallelism
 def _init_worker() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and cleans up;
+    # workers ignore it instead of printing a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
+
+
+def _start_forkserver_ignoring_sigint() -> None:
+    """Start the fork server (and multiprocessing's resource tracker) with SIGINT ignored.
+
+    Ctrl-C goes to every process of the terminal's group. An ignored SIGINT is inherited through
+    exec, so the server (seconds of imports) and the workers it forks never turn it into a
+    KeyboardInterrupt traceback; this process alone stops the pool and removes the temporary folder.
+    """
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Hold a Ctrl-C back until the block has finished, then raise it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def resolve_workers(workers: int) -> int:
@@ -101,7 +142,16 @@ def parallel_imap(fn: Callable, items: Iterable, workers: int, chunksize: int = 
     if method == "forkserver":
         # the server imports the synthesis code once; every worker forks from it ready to go
         ctx.set_forkserver_preload([__name__, getattr(fn, "__module__", None) or __name__])
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
+        _start_forkserver_ignoring_sigint()
+    pool = None
+    try:
+        with _deferred_sigint():      # a worker interrupted mid-start would print a traceback
+            pool = ctx.Pool(workers, initializer=_init_worker)
+    except KeyboardInterrupt:
+        if pool is not None:
+            pool.terminate()
+        raise
+    with pool:
         if window is None:
             yield from pool.imap(fn, items, chunksize)
         else:

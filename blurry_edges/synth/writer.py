@@ -6,14 +6,20 @@
 * Everything goes into ``<data_path>.tmp-XXXX`` next to the destination; ``manifest.json`` is
   written last and the folder is then renamed into place (``StagingDir``). An interrupted run leaves
   at most a ``.tmp-`` folder, never a folder that looks complete.
+* Each temporary folder records its owner (host and process id, ``.owner.json``). A run that was
+  killed outright (``kill -9``, a crash of the machine) cannot remove its own; the next run of the
+  same set removes every temporary folder whose owner is gone, and says so.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -108,30 +114,117 @@ def check_destination(path: str | Path, overwrite: bool) -> None:
                               f"or choose another --data_path")
 
 
+def human_bytes(n: float) -> str:
+    """``1234567`` → ``"1.23 MB"`` (decimal units, never "0.00 GB" for a small set)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return f"{n:.2f} TB"
+
+
 def check_free_space(path: str | Path, nbytes: int, margin: float = 1.05) -> None:
-    """Fail early when the file system of ``path`` cannot hold ``nbytes`` more."""
+    """Fail early when the file system of ``path`` cannot hold ``nbytes`` more.
+
+    File systems that report no size at all (total 0: some network, FUSE and in-memory mounts)
+    cannot be checked; the check is then skipped rather than failing on a meaningless "0 free".
+    """
     parent = Path(path).resolve().parent
     while not parent.exists():
         parent = parent.parent
-    free = shutil.disk_usage(parent).free
-    if free < nbytes * margin:
-        raise OSError(f"not enough disk space at {parent}: the data set needs {nbytes / 1e9:.2f} GB, "
-                      f"{free / 1e9:.2f} GB are free")
+    usage = shutil.disk_usage(parent)
+    if usage.total <= 0:
+        return
+    if usage.free < nbytes * margin:
+        raise OSError(f"not enough disk space at {parent}: the data set needs {human_bytes(nbytes)}, "
+                      f"{human_bytes(usage.free)} are free; free some space or choose another --data_path")
+
+
+OWNER_FILE = ".owner.json"
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # exists, belongs to someone else
+        return True
+    return True
+
+
+def _folder_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def remove_stale_staging(final: str | Path, log: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """Remove the temporary folders (``<name>.tmp-*``, ``<name>.old-*``) that interrupted runs of
+    the set ``final`` left behind; returns those removed.
+
+    A folder is stale when its recorded owner process no longer runs on this host, or when it
+    records no owner (made by a run that predates the record). A folder whose owner still runs, or
+    runs on another host (a shared file system: it cannot be told), is left and mentioned.
+    """
+    final = Path(final)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    removed: list[Path] = []
+    if not final.parent.is_dir():
+        return removed
+    for cand in sorted(final.parent.glob(final.name + ".tmp-*")) + sorted(final.parent.glob(final.name + ".old-*")):
+        if not cand.is_dir():
+            continue
+        if ".old-" in cand.name[len(final.name):] and not (final / MANIFEST_NAME).is_file():
+            log(f"note: {cand} holds the previous version of {final}, whose replacement was interrupted; "
+                f"left in place — rename it back to {final.name} to use it")
+            continue
+        owner = None
+        try:
+            owner = json.loads((cand / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            pass
+        if owner is not None:
+            if owner.get("host") != socket.gethostname():
+                log(f"note: {cand} belongs to a run on {owner.get('host')} (process {owner.get('pid')}); "
+                    "left in place — remove it by hand if that run is over")
+                continue
+            if _alive(int(owner.get("pid", -1))):
+                log(f"note: {cand} is being written by process {owner.get('pid')}; left in place")
+                continue
+        size = _folder_bytes(cand)
+        shutil.rmtree(cand, ignore_errors=True)
+        removed.append(cand)
+        log(f"removed {cand} ({human_bytes(size)}), a temporary folder left by an interrupted run of this set")
+    return removed
 
 
 class StagingDir:
     """A temporary sibling folder that becomes ``final`` only when ``commit`` writes the manifest.
 
     Use as a context manager: an exception (or Ctrl-C) inside removes the temporary folder.
+    Temporary folders that earlier, killed runs of the same set left behind are removed first
+    (:func:`remove_stale_staging`).
     """
 
-    def __init__(self, final: str | Path, overwrite: bool = False):
+    def __init__(self, final: str | Path, overwrite: bool = False, log: Optional[Callable[[str], None]] = None):
         self.final = Path(final)
         self.overwrite = overwrite
         check_destination(self.final, overwrite)
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(self.final, log)
         self.path = Path(tempfile.mkdtemp(prefix=self.final.name + ".tmp-", dir=self.final.parent))
         self.path.chmod(0o777 & ~_umask())   # mkdtemp makes it private; the data set is not
+        (self.path / OWNER_FILE).write_text(json.dumps(_owner()))
         self.files: dict[str, dict] = {}
         self._writers: list[NpyWriter] = []
         self.committed = False
@@ -156,6 +249,7 @@ class StagingDir:
     def commit(self, manifest: dict) -> Path:
         """Write ``manifest.json`` (with every file's shape and dtype) last, then move into place."""
         self.close_writers()
+        (self.path / OWNER_FILE).unlink(missing_ok=True)
         manifest = dict(manifest)
         manifest["files"] = dict(sorted(self.files.items()))
         with open(self.path / MANIFEST_NAME, "w") as f:
