@@ -166,3 +166,23 @@ def test_size_mismatch_is_a_clear_error(weights, authors_set, tmp_path, capsys):
             "--data_path", str(authors_set), "--log_path", str(tmp_path)]
     assert run_eval_script(argv) == 2
     assert "--img_size 25 25" in capsys.readouterr().err
+
+
+def test_out_of_the_box_makes_and_evaluates_a_default_test_set(tmp_path, monkeypatch, weights, capsys):
+    """No test set at the default location: a small builtin one is made (and said), then evaluated;
+    a second run reuses it."""
+    import blurry_edges.pipeline as pipeline
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(pipeline.DEFAULT_TEST_SET, False, ("./data/data_test_builtin", 2, (25, 25)))
+    args = ["--model_path", str(weights), "--max_scenes", "1", "--no_figures"] + SMALL
+    assert run_eval_script(args) == 0
+    out = capsys.readouterr().out
+    assert "making a small one from the builtin textures" in out
+    made = tmp_path / "data" / "data_test_builtin"
+    assert (made / "manifest.json").is_file()
+    summary = json.loads(next((tmp_path / "logs").rglob("summary.json")).read_text())
+    assert summary["n_scenes"] == 1 and "rmse_cm" in summary["per_scene"][0]     # random weights: may be NaN
+    assert run_eval_script(args + ["--overwrite"]) == 0
+    assert "using the builtin one" in capsys.readouterr().out
+    assert not (tmp_path / "data" / "data_test").exists()          # the paper's location stays free
