@@ -16,6 +16,7 @@ from blurry_edges.models import (
     load_weights,
     save_weights,
 )
+from blurry_edges.wedges import decode_global, decode_local, eta_from_logit
 
 # --------------------------------------------------------------------------------------------
 # Expected state dicts, written out by hand from the architecture in SPEC §3 (independent of the
@@ -168,11 +169,11 @@ def test_smish_and_decode():
     x = torch.linspace(-6, 6, 101, dtype=torch.float64)
     assert torch.allclose(Smish()(x), x * torch.tanh(torch.log(1 + torch.sigmoid(x))))
     raw = torch.tensor([[0.1, -0.2, 0.3, 0.4, -1.0, 7.0, 2.0, 3.0, -5.0, 5.0]])
-    dec = LocalStage.decode(raw)
-    assert dec.xy.shape == (1, 2, 2) and dec.xy[0, 1].tolist() == pytest.approx([0.3, 0.4])
-    assert dec.angles[0, 0].tolist() == pytest.approx([2 * math.pi - 1.0, 7.0 - 2 * math.pi])
+    geom, e = decode_local(raw)                 # the one decoder of network outputs (wedges.py)
+    assert geom.shape == (1, 8) and geom[0, 2:4].tolist() == pytest.approx([0.3, 0.4])
+    assert geom[0, 4:6].tolist() == pytest.approx([2 * math.pi - 1.0, 7.0 - 2 * math.pi])
     # erf saturates at ±1, so η spans (1e-4, 1)
-    assert dec.eta[0].tolist() == pytest.approx([1e-4, 1.0], rel=1e-4)
+    assert eta_from_logit(e)[0].tolist() == pytest.approx([1e-4, 1.0], rel=1e-4)
 
 
 @pytest.mark.parametrize("rows,cols", [(5, 7), (64, 64)])
@@ -205,11 +206,11 @@ def test_global_stage_param_count(global64):
 def test_global_decode():
     raw = torch.zeros(3, 12)
     raw[:, 8] = 10.0
-    dec = GlobalStage.decode(raw)
-    assert dec.xy.shape == dec.angles.shape == dec.eta.shape == (3, 2, 2)
-    assert torch.allclose(dec.angles, torch.full((3, 2, 2), math.pi))
-    assert dec.eta[0, 0, 0].item() == pytest.approx(1.0)  # (image 1, wedge 1)
-    assert dec.eta[0, 1, 1].item() == pytest.approx(10 ** (2 * math.erf(0.5) - 2))
+    geom, eta = decode_global(raw)
+    assert geom.shape == (3, 8) and eta.shape == (3, 2, 2)
+    assert torch.allclose(geom[:, 4:], torch.full((3, 4), math.pi))
+    assert eta[0, 0, 0].item() == pytest.approx(1.0)  # (image 1, wedge 1)
+    assert eta[0, 1, 1].item() == pytest.approx(10 ** (2 * math.erf(0.5) - 2))
 
 
 @pytest.mark.parametrize("size", [(147, 147), (32, 48)])

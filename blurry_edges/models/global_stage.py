@@ -16,14 +16,12 @@ the state dict.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .local_stage import eta_from_e
 
-__all__ = ["GlobalStage", "GlobalOutput", "positional_encoding_2d", "positional_encoding_at"]
+__all__ = ["GlobalStage", "positional_encoding_2d", "positional_encoding_at"]
 
 
 def _encode_offsets(offsets: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
@@ -76,23 +74,6 @@ def positional_encoding_at(origin: torch.Tensor, rows: int, cols: int, d_model: 
     row_code = _encode_offsets(r, omega)[:, :, None, :].expand(B, rows, cols, half)
     col_code = _encode_offsets(c, omega)[:, None, :, :].expand(B, rows, cols, half)
     return torch.cat((row_code, col_code), dim=-1).reshape(B, rows * cols, d_model).contiguous()
-
-
-class GlobalOutput(NamedTuple):
-    """Decoded global-stage prediction for tokens with leading shape ``[...]``.
-
-    Attributes:
-        xy: ``[..., 2, 2]`` vertices shared by both images, indexed (wedge, (x, y)).
-        angles: ``[..., 2, 2]`` shared angles, indexed (wedge, (θ, φ)), each in [0, 2π).
-        e: ``[..., 2, 2]`` smoothness codes, indexed (image, wedge); image 0 is the first ("−")
-            capture, image 1 the second ("+").
-        eta: ``[..., 2, 2]`` η = 10^(2·erf(e) − 2) ∈ (10⁻⁴, 1), same indexing as ``e``.
-    """
-
-    xy: torch.Tensor
-    angles: torch.Tensor
-    e: torch.Tensor
-    eta: torch.Tensor
 
 
 class GlobalStage(nn.Module):
@@ -209,15 +190,3 @@ class GlobalStage(nn.Module):
         hidden = self.encoder(self.in_src_projection(src) + pos)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return self.generator(hidden.float())
-
-    @staticmethod
-    def decode(raw: torch.Tensor) -> GlobalOutput:
-        """Map raw outputs ``[..., 12]`` to parameters (SPEC §3): ``xy = out[0:4]·3``,
-        ``angles = ((out[4:8] + 1)·π) mod 2π``, ``e = out[8:12] + 0.5``, ``η = 10^(2·erf(e) − 2)``."""
-        if raw.shape[-1] != 12:
-            raise ValueError(f"expected raw global-stage outputs [..., 12], got {list(raw.shape)}")
-        lead = raw.shape[:-1]
-        xy = (raw[..., 0:4] * 3.0).reshape(*lead, 2, 2)
-        angles = torch.remainder((raw[..., 4:8] + 1.0) * math.pi, 2 * math.pi).reshape(*lead, 2, 2)
-        e = (raw[..., 8:12] + 0.5).reshape(*lead, 2, 2)
-        return GlobalOutput(xy=xy, angles=angles, e=e, eta=eta_from_e(e))

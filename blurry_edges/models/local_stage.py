@@ -15,13 +15,10 @@ loads unchanged (see :mod:`blurry_edges.models.weights`).
 """
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
-__all__ = ["Smish", "smish", "ResidualBlock", "LocalStage", "LocalOutput", "eta_from_e"]
+__all__ = ["Smish", "smish", "ResidualBlock", "LocalStage"]
 
 
 def smish(x: torch.Tensor) -> torch.Tensor:
@@ -34,11 +31,6 @@ class Smish(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return smish(x)
-
-
-def eta_from_e(e: torch.Tensor) -> torch.Tensor:
-    """Smoothness η from the network's raw code e: ``η = 10^(2·erf(e) − 2)``, so η ∈ (10⁻⁴, 1)."""
-    return torch.pow(10.0, 2.0 * torch.erf(e) - 2.0)
 
 
 def _conv_bn(c_in: int, c_out: int, kernel_size: int, *, activation: bool) -> nn.Sequential:
@@ -70,22 +62,6 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.downsample is None else self.downsample(x)
         return self.activation(self.conv2(self.conv1(x)) + skip)
-
-
-class LocalOutput(NamedTuple):
-    """Decoded local-stage prediction for patches with leading shape ``[...]``.
-
-    Attributes:
-        xy: ``[..., 2, 2]`` vertices, indexed (wedge, (x, y)), normalized patch coordinates.
-        angles: ``[..., 2, 2]`` indexed (wedge, (θ, φ)), each in [0, 2π).
-        e: ``[..., 2]`` raw smoothness codes, one per wedge.
-        eta: ``[..., 2]`` smoothness η = 10^(2·erf(e) − 2) ∈ (10⁻⁴, 1), one per wedge.
-    """
-
-    xy: torch.Tensor
-    angles: torch.Tensor
-    e: torch.Tensor
-    eta: torch.Tensor
 
 
 class LocalStage(nn.Module):
@@ -175,14 +151,3 @@ class LocalStage(nn.Module):
         # smoothness codes e, and bf16's 8-bit mantissa would move η = 10^(2·erf(e) − 2) by ~1 %.
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.fc[-1](x.float())
-
-    @staticmethod
-    def decode(raw: torch.Tensor) -> LocalOutput:
-        """Split raw outputs ``[..., 10]`` into named parameters (angles mod 2π, η from e)."""
-        if raw.shape[-1] != LocalStage.OUTPUT_DIM:
-            raise ValueError(f"expected raw local-stage outputs [..., 10], got {list(raw.shape)}")
-        lead = raw.shape[:-1]
-        xy = raw[..., 0:4].reshape(*lead, 2, 2)
-        angles = torch.remainder(raw[..., 4:8], 2 * math.pi).reshape(*lead, 2, 2)
-        e = raw[..., 8:10]
-        return LocalOutput(xy=xy, angles=angles, e=e, eta=eta_from_e(e))

@@ -23,7 +23,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_DIR", "WEIGHT_FILES", "weight_path", "load_weights", "save_weights"]
+__all__ = ["WEIGHT_DIR", "WEIGHT_FILES", "load_weights", "save_weights"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,13 +49,6 @@ _SIGNATURES = {
     "in_src_projection.weight": f"the global stage ({WEIGHT_FILES['global']} / {WEIGHT_FILES['global_w']})",
     "inc.double_conv.0.weight": f"the depth-completion U-Net ({WEIGHT_FILES['pp']})",
 }
-
-
-def weight_path(name: str, directory: PathLike = WEIGHT_DIR) -> Path:
-    """Path of one of the authors' files by short name (a key of :data:`WEIGHT_FILES`)."""
-    if name not in WEIGHT_FILES:
-        raise KeyError(f"unknown weight file {name!r}; choose one of {sorted(WEIGHT_FILES)}")
-    return Path(directory) / WEIGHT_FILES[name]
 
 
 def _describe(model: nn.Module, what: str) -> str:
