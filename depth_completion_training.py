@@ -30,10 +30,10 @@ from tqdm import tqdm
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights
 from blurry_edges.patches import PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
-                               run_script)
-from blurry_edges.training import (DepthCompletionTask, add_basic_args, add_runtime_args, check_weights_meta,
-                                   cleanup_distributed, fit, global_depth_for_params, loop_config, print_outputs,
-                                   resolve_camera, resolve_setting, set_seed, setup_distributed)
+                               run_script, settings_from_weights)
+from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, resolve_camera, resolve_setting
+from blurry_edges.features import global_depth_maps
+from blurry_edges.train import DepthCompletionTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 from blurry_edges.wedges import WedgeRenderer
 
 
@@ -124,7 +124,7 @@ def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
     for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
                       dynamic_ncols=True):
         params = batch[0].to(ctx.device, non_blocking=True)
-        depth, _ = global_depth_for_params(model, renderer, grid, params, bf16=args.bf16)
+        depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.bf16)
         idx = mine[pos:pos + params.shape[0]]
         out[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
         pos += params.shape[0]
@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
 
         global_model = GlobalStage(grid.Hp, grid.Wp, grid.stride)
         meta = load_weights(global_model, args.global_weights, what="global stage")
-        check_weights_meta(meta, args.global_weights, R=args.R, stride=args.stride)
+        settings_from_weights({"weights": (args.global_weights, meta)}, R=args.R, stride=args.stride)
         global_model.to(ctx.device).eval()
         camera = resolve_camera(args, scenes_train)
         args.camera_params = camera.to_dict()
@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
         train_set = SparseDensePairs(files["train"], root, "train")
         val_set = SparseDensePairs(files["val"], root, "val")
         out = fit(task, train_set, val_set, loop_config(args), ctx)
-        print_outputs(out, ctx)
+        print_outputs(out, ctx.is_main)
         return out
     finally:
         cleanup_distributed(ctx)

@@ -30,10 +30,10 @@ from blurry_edges import memory
 from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, OutputLocationError, agree, check_output_dir, choose_weights,
-                               positive_int, run_script, weights_meta)
-from blurry_edges.stages import resolve_bf16
-from blurry_edges.training import (add_basic_args, check_weights_meta, cleanup_distributed, local_params_for_images,
-                                   plain, resolve_camera, resolve_setting, setup_distributed)
+                               positive_int, run_script, settings_from_weights, weights_meta)
+from blurry_edges.cli import add_basic_args, resolve_camera, resolve_setting
+from blurry_edges.features import local_params_for_images, resolve_bf16
+from blurry_edges.train import cleanup_distributed, plain, setup_distributed
 from blurry_edges.wedges import WedgeRenderer
 
 
@@ -143,7 +143,7 @@ def main(argv=None) -> list[Path]:
                                      (weights_meta(args.local_weights).get("R"), args.local_weights)], 21)
         model = LocalStage(args.R)
         meta = load_weights(model, args.local_weights, what="local stage")
-        check_weights_meta(meta, args.local_weights, R=args.R)
+        settings_from_weights({"weights": (args.local_weights, meta)}, R=args.R)
         args.bf16 = resolve_bf16(args.bf16, ctx.device)
         model.to(ctx.device).eval()
         if ctx.device.type == "cpu":

@@ -24,10 +24,9 @@ from pathlib import Path
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
-from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script
-from blurry_edges.training import (GlobalTask, add_basic_args, add_runtime_args, check_weights_meta,
-                                   cleanup_distributed, fit, loop_config, print_outputs, resolve_camera,
-                                   resolve_setting, set_seed, setup_distributed)
+from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, resolve_camera, resolve_setting
+from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script, settings_from_weights
+from blurry_edges.train import GlobalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
 GAMMA_DEFAULTS = {
     "color": ([1.0, 0.1, 0.1], "color error"),
@@ -133,10 +132,10 @@ def main(argv=None) -> dict:
         model.set_attention_dropout(args.attention_dropout)
         if args.init_from:
             meta = load_weights(model, args.init_from, what="global stage")
-            check_weights_meta(meta, args.init_from, R=args.R, stride=args.stride)
+            settings_from_weights({"weights": (args.init_from, meta)}, R=args.R, stride=args.stride)
         task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops)
         out = fit(task, train_set, val_set, loop_config(args), ctx)
-        print_outputs(out, ctx)
+        print_outputs(out, ctx.is_main)
         return out
     finally:
         cleanup_distributed(ctx)

@@ -16,9 +16,8 @@ import sys
 
 from blurry_edges.losses import LocalSchedule
 from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script
-from blurry_edges.training import (LocalTask, add_basic_args, add_runtime_args, cleanup_distributed, fit,
-                                   loop_config, print_outputs, resolve_camera, resolve_setting, set_seed,
-                                   setup_distributed)
+from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, resolve_camera, resolve_setting
+from blurry_edges.train import LocalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -55,7 +54,7 @@ def main(argv=None) -> dict:
         schedule = LocalSchedule(args.beta_bndry_loc, args.beta_smthns, args.dynamic_epoch)
         task = LocalTask(args.R, camera, schedule)
         out = fit(task, train_set, val_set, loop_config(args), ctx)
-        print_outputs(out, ctx)
+        print_outputs(out, ctx.is_main)
         return out
     finally:
         cleanup_distributed(ctx)

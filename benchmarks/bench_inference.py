@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 from blurry_edges.camera import CameraParams
+from blurry_edges.features import encode_local, local_outputs, pair_tokens
 from blurry_edges.metrics import eval_depth
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, load_weights
 from blurry_edges.patches import PatchGrid
 from blurry_edges.pipeline import DepthPipeline, PipelineConfig, as_pair_tensor
-from blurry_edges.stages import autocast_context
-from blurry_edges.wedges import decode_local, encode_global_input, eta_from_logit
 
 
 def _sync(device: torch.device) -> None:
@@ -116,23 +115,17 @@ def main() -> None:
                 patches = grid.unfold(x).flatten(0, 1)                             # [8192, 3, R, R]
 
                 def local_net():
-                    outs = []
-                    for s in range(0, patches.shape[0], args.local_chunk):
-                        with autocast_context(device, p.config.bf16):
-                            outs.append(p.local(patches[s:s + args.local_chunk]).float())
-                    return torch.cat(outs)
+                    return local_outputs(p.local, patches, chunk=args.local_chunk, bf16=p.config.bf16)
 
                 stages["local"] = best_of(local_net, device, args.repeats)
                 raw_local = local_net()
 
                 def colors():
-                    geom, e = decode_local(raw_local)
-                    _, col, _, _ = p.renderer.render_single(geom, eta_from_logit(e), patches)
-                    return encode_global_input(geom, e, col)
+                    return encode_local(p.renderer, raw_local, patches)
 
                 stages["colors"] = best_of(colors, device, args.repeats)
                 tokens = colors().view(2, -1, 19)
-                tokens = torch.cat([tokens[0], tokens[1]], -1)[None]
+                tokens = pair_tokens(tokens[0], tokens[1])[None]
                 stages["global"] = best_of(lambda: p._global_forward(tokens), device, args.repeats)
                 raw = p._global_forward(tokens)[0]
                 stages["render_fold"] = best_of(lambda: p.render_maps(raw, x), device, args.repeats)

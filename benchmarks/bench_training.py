@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from blurry_edges.patches import PatchGrid  # noqa: E402
-from blurry_edges.training import DepthCompletionTask, GlobalTask, LocalTask, local_params_for_images  # noqa: E402
+from blurry_edges.features import local_params_for_images  # noqa: E402
+from blurry_edges.train import DepthCompletionTask, GlobalTask, LocalTask  # noqa: E402
 
 # (train samples, val samples, epochs) of each schedule
 SCHEDULES = {"local": (16000, 4000, 1000), "global": (8000, 2000, 350), "w": (8000, 2000, 100),

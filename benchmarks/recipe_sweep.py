@@ -30,7 +30,7 @@ from blurry_edges.data import SceneDataset  # noqa: E402
 from blurry_edges.losses import GlobalSchedule  # noqa: E402
 from blurry_edges.models import GlobalStage  # noqa: E402
 from blurry_edges.patches import CropLayout, PatchGrid  # noqa: E402
-from blurry_edges.training import GlobalTask, cosine_lr_factor  # noqa: E402
+from blurry_edges.train import GlobalTask, cosine_lr_factor  # noqa: E402
 from blurry_edges.wedges import decode_global, depth_patch, ownership_mask  # noqa: E402
 
 

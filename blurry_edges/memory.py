@@ -123,3 +123,30 @@ def plan_batch(batch: int, estimate, what: str, advice: str, available: Optional
         f"{what}: a training step over {batch} sample(s) per process needs about {fmt(full)} "
         f"(one sample: {fmt(smallest)}), but only {fmt(avail)} is free (a run plans with "
         f"{int(SAFETY * 100)} % of it); {advice}")
+
+
+def plan_for_process(task, local_batch: int, allow_accumulation: bool, device, world_size: int,
+                     is_main: bool) -> Optional[MemoryPlan]:
+    """Check a training task's memory estimate before the first step; split the batch if needed.
+
+    Processes on one machine share its memory, so each plans with its share of what is free.
+    Returns ``None`` when the task has no estimate (or runs on a GPU, where the CPU's free memory
+    says nothing). Raises ``MemoryError`` (with the estimate and what to change) when not even
+    one sample per step fits.
+    """
+    if device.type != "cpu" or task.step_bytes(1) is None:
+        return None
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    avail = available_bytes() // share
+    plan = plan_batch(local_batch, task.step_bytes, task.name, task.memory_advice,
+                      available=avail, allow_accumulation=allow_accumulation)
+    if is_main:
+        if plan.micro_batch < local_batch:
+            print(f"memory: a step over {local_batch} sample(s) per process would need about "
+                  f"{fmt(task.step_bytes(local_batch))} of {fmt(avail)} free per process; "
+                  f"accumulating gradients over {plan.accumulation} micro-batches of {plan.micro_batch} "
+                  f"(about {fmt(plan.estimate)}; same global batch)")
+        else:
+            print(f"memory: about {fmt(plan.estimate)} per process at peak "
+                  f"({fmt(avail)} free per process)")
+    return plan

@@ -44,7 +44,7 @@ from .densify import DTParams, domain_transform_densify
 from .metrics import METRIC_NAMES, average_metrics, eval_depth
 from .patches import BlockLayout, PatchGrid
 from .runs import non_negative_int, positive_int
-from .stages import autocast_context, local_features, pair_tokens
+from .features import autocast_context, local_features, pair_tokens
 from .wedges import WedgeRenderer, decode_global
 
 __all__ = [

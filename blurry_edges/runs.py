@@ -194,14 +194,17 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def git_commit() -> Optional[str]:
+def git_commit(short: bool = False) -> Optional[str]:
     """The commit of the code that runs, with ``-dirty`` when it has uncommitted changes
-    (``None`` outside a git checkout)."""
+    (``None`` outside a git checkout). ``short``: the abbreviated hash alone (the weights' meta)."""
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        head = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=here,
+                              capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return None
+        if short:
+            return head.stdout.strip() or None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -296,7 +299,7 @@ def data_fingerprint(data_path: str | os.PathLike) -> dict[str, Any]:
 def check_resume(recorded: dict[str, Any], current: dict[str, Any], checkpoint: str | os.PathLike) -> None:
     """Refuse to continue a checkpoint that belongs to another run (``ValueError`` naming every
     difference: data, R, stride, image size, camera, schedule options …)."""
-    from .training import plain
+    from .train.records import plain
 
     recorded, current = plain(recorded), plain(current)
     # options only one side knows (added in a later version) cannot be compared
@@ -376,7 +379,7 @@ def agree(name: str, given: Any, sources: list[tuple[Any, str]], default: Any) -
     Two records that differ, or a given value that contradicts a record, is a ``ValueError``
     naming both and the option to pass.
     """
-    from .training import plain
+    from .train.records import plain
 
     def shown(v):
         return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)

@@ -312,11 +312,27 @@ class WedgeRenderer:
         u = u_maps(dists.unsqueeze(-4), eta)                           # [..., 2, 3, R, R]
         colors = ridge_colors(u.transpose(-4, -3), fit_to.transpose(-4, -3), self.lam, n_pixel_dims=3)
         patches = render(u, colors.unsqueeze(-3))                      # [..., 2, 3, R, R]
-        mask = ownership_mask(dists, mask_variant, self.delta)
-        wedge_depth = self.camera.depth_from_etas(eta[..., 0, :], eta[..., 1, :], self.R)  # [..., 2]
+        mask, wedge_depth, depth = self.pair_depth(dists, eta, mask_variant)
         return PairRender(dists=dists, u=u, colors=colors, patches=patches,
                           boundary=boundary_map(dists, self.delta), mask=mask,
-                          wedge_depth=wedge_depth, depth=depth_patch(mask, wedge_depth))
+                          wedge_depth=wedge_depth, depth=depth)
+
+    def pair_depth(self, dists: torch.Tensor, eta: torch.Tensor, mask_variant: str = "sparse"
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ownership and depth of a pair's patches; they need geometry and η only, no colors.
+
+        The one derivation behind the global maps (:meth:`render_pair`, the pipeline) and the
+        depth-completion training inputs (``features.global_depth_maps``).
+
+        Args:
+            dists: ``[..., 2, R, R]`` signed distances of the shared geometry; eta: ``[..., 2 (image), 2 (wedge)]``.
+        Returns:
+            ``(mask [..., R, R] (0 none, 1 or 2: the owning wedge, Eq. 19's H(b_i − τ)),
+            wedge_depth [..., 2] (m, Eq. 16), depth [..., R, R] (0 where unowned))``.
+        """
+        mask = ownership_mask(dists, mask_variant, self.delta)
+        wedge_depth = self.camera.depth_from_etas(eta[..., 0, :], eta[..., 1, :], self.R)  # [..., 2]
+        return mask, wedge_depth, depth_patch(mask, wedge_depth)
 
     def render_with_eta(self, dists: torch.Tensor, colors: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """Re-render known geometry/colors with other smoothness (sharpened or refocused views)."""

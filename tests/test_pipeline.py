@@ -283,3 +283,19 @@ def test_paper_geometry_layout():
     assert big.step == 88 and len(big.origins()) == 36
     assert tile_token_index(big).shape == (36, 4096)
     assert p.layout(235, 147) is not None                      # 147 + 88: rectangular images work too
+
+
+def test_depth_completion_inputs_are_the_pipelines_depth_raw(nets, pair):
+    """The U-Net trains on ``features.global_depth_maps`` of pre-calculated features and is evaluated
+    on the pipeline's ``depth_raw``: both must be the same map (one derivation, ``pair_depth``)."""
+    from blurry_edges.features import global_depth_maps, local_params_for_images
+
+    pipe = make(nets, densify="w")                  # the W ownership: random networks own pixels there
+    out = pipe.run(pair)
+    grid = PatchGrid(H, H, R, 2)
+    images = pair.permute(0, 2, 3, 1)[None]                               # stored layout [n, 2, H, W, 3]
+    params = local_params_for_images(pipe.local, pipe.renderer, grid, images)
+    depth, conf = global_depth_maps(pipe.glob, pipe.renderer, grid, params, mask_variant="w")
+    assert (out["depth_raw"] > 0).any()
+    torch.testing.assert_close(depth[0], out["depth_raw"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conf[0], out["confidence"], rtol=1e-6, atol=1e-6)

@@ -20,7 +20,7 @@ from blurry_edges.losses import GlobalSchedule                            # noqa
 from blurry_edges.models.global_stage import (GlobalStage, positional_encoding_2d,   # noqa: E402
                                               positional_encoding_at)
 from blurry_edges.patches import CropLayout, PatchGrid                    # noqa: E402
-from blurry_edges.stages import resolve_bf16                              # noqa: E402
+from blurry_edges.features import resolve_bf16                              # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +159,7 @@ def test_per_epoch_schedule_is_unchanged():
 
 # ----------------------------------------------------------------------------- bf16
 def test_bf16_auto_follows_the_cpu(monkeypatch):
-    import blurry_edges.stages as stages
+    import blurry_edges.features as stages
 
     monkeypatch.setattr(stages, "native_bf16", lambda: False)
     assert resolve_bf16("auto", torch.device("cpu")) is False
@@ -220,7 +220,7 @@ class _MeanSquares:
     """A task whose loss is a mean over samples: micro-batches must give the whole batch's gradient."""
 
     def __new__(cls):
-        from blurry_edges.training import Task
+        from blurry_edges.train import Task
 
         class Linear(Task):
             name = "exp_linear"
@@ -243,7 +243,7 @@ class _MeanSquares:
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path, monkeypatch):
     from torch.utils.data import TensorDataset
 
-    from blurry_edges.training import DistContext, LoopConfig, fit
+    from blurry_edges.train import DistContext, LoopConfig, fit
 
     g = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.rand(8, 3, generator=g, dtype=torch.float64), torch.rand(8, generator=g, dtype=torch.float64))
@@ -261,7 +261,7 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path, monkeypatch):
 
 
 def test_cosine_learning_rate_warms_up_then_decays_to_its_floor():
-    from blurry_edges.training import cosine_lr_factor
+    from blurry_edges.train import cosine_lr_factor
 
     total = 200
     f = [cosine_lr_factor(i, total, 0.05, 0.05) for i in range(total)]

@@ -114,7 +114,7 @@ def test_loss_curve_shows_training_and_validation_from_epoch_one(tmp_path, monke
     import matplotlib.axes
     import matplotlib.figure
 
-    from blurry_edges.training import save_loss_curve
+    from blurry_edges.train import save_loss_curve
 
     drawn = []
     real = matplotlib.axes.Axes.plot

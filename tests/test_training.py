@@ -15,8 +15,10 @@ from torch.utils.data import Dataset
 from blurry_edges.losses import GlobalSchedule, LocalSchedule
 from blurry_edges.models import GlobalStage, LocalStage, load_weights
 from blurry_edges.patches import PatchGrid
-from blurry_edges.training import (DepthCompletionTask, DistContext, GlobalTask, LocalTask, LoopConfig,
-                                   autocast, fit, parse_device, resolve_setting, set_seed)
+from blurry_edges.cli import resolve_setting
+from blurry_edges.features import autocast_context
+from blurry_edges.train import (DepthCompletionTask, DistContext, GlobalTask, LocalTask, LoopConfig, fit,
+                                parse_device, set_seed)
 from blurry_edges.wedges import WedgeRenderer, sobel_magnitude
 
 
@@ -288,4 +290,7 @@ def test_parse_device_and_settings():
     assert resolve_setting("R", None, None, 21, "d") == 21
     with pytest.raises(ValueError, match="--R 11"):
         resolve_setting("R", 21, 11, 21, "d")
-    assert autocast(torch.device("cpu"), False) is not None
+    with autocast_context(torch.device("cpu"), False):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast_context(torch.device("cpu"), True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
