@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights
@@ -60,38 +59,6 @@ def get_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class SparseDensePairs(Dataset):
-    """``(sparse [H, W], dense [H, W])`` float32 pairs: the cached global-stage depth map and the
-    scene's ground-truth depth (``image_depths_{split}.npy``), both memory-mapped."""
-
-    def __init__(self, sparse_file: Path, root: Path, split: str) -> None:
-        self.sparse_file, self.dense_file = Path(sparse_file), Path(root) / f"image_depths_{split}.npy"
-        if not self.dense_file.is_file():
-            raise FileNotFoundError(f"{self.dense_file} is missing: the scene data set is incomplete")
-        self._arrays = None
-        n_sparse, n_dense = (len(np.load(f, mmap_mode="r")) for f in (self.sparse_file, self.dense_file))
-        if n_sparse != n_dense:
-            raise ValueError(f"{sparse_file} holds {n_sparse} maps for {n_dense} scenes; "
-                             "rebuild it with --recompute_cache")
-        self._len = n_sparse
-
-    def _get(self):
-        if self._arrays is None:        # opened lazily, so DataLoader workers open their own maps
-            self._arrays = (np.load(self.sparse_file, mmap_mode="r"), np.load(self.dense_file, mmap_mode="r"))
-        return self._arrays
-
-    def __getstate__(self):
-        return dict(self.__dict__, _arrays=None)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, i: int):
-        sparse, dense = self._get()
-        return (torch.from_numpy(np.array(sparse[i], dtype=np.float32)),
-                torch.from_numpy(np.array(dense[i], dtype=np.float32)))
-
-
 def _weights_id(path: Path) -> dict:
     st = path.stat()
     return {"global_weights": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -100,7 +67,7 @@ def _weights_id(path: Path) -> dict:
 @torch.no_grad()
 def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
     """Cache the global stage's depth maps of one split (reused when the weights are unchanged)."""
-    from blurry_edges.data import SceneDataset
+    from blurry_edges.data import SceneDataset, staged_rows
 
     cache = Path(args.cache_path)
     final, info_file = cache / f"sparse_depth_{split}.npy", cache / f"sparse_depth_{split}.json"
@@ -111,35 +78,26 @@ def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
             print(f"using the cached {final}")
         return final
     scenes = SceneDataset(args.data_path, split, with_params=True)
-    tmp = cache / f".sparse_depth_{split}.npy.partial"
+    with staged_rows(final, (len(scenes), grid.H, grid.W), np.float32, ctx) as out:
+        mine = list(range(ctx.rank, len(scenes), ctx.world_size))
+        loader = DataLoader(Subset(scenes, mine), batch_size=args.precal_batch, shuffle=False,
+                            num_workers=args.num_workers or 0, pin_memory=ctx.device.type == "cuda")
+        pos = 0
+        for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
+                          dynamic_ncols=True):
+            params = batch[0].to(ctx.device, non_blocking=True)
+            depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.bf16)
+            idx = mine[pos:pos + params.shape[0]]
+            out[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
+            pos += params.shape[0]
     if ctx.is_main:
-        cache.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(scenes), grid.H, grid.W)).flush()
-    ctx.barrier()
-    out = np.lib.format.open_memmap(tmp, mode="r+")
-    mine = list(range(ctx.rank, len(scenes), ctx.world_size))
-    loader = DataLoader(Subset(scenes, mine), batch_size=args.precal_batch, shuffle=False,
-                        num_workers=args.num_workers or 0, pin_memory=ctx.device.type == "cuda")
-    pos = 0
-    for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
-                      dynamic_ncols=True):
-        params = batch[0].to(ctx.device, non_blocking=True)
-        depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.bf16)
-        idx = mine[pos:pos + params.shape[0]]
-        out[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
-        pos += params.shape[0]
-    out.flush()
-    del out
-    ctx.barrier()
-    if ctx.is_main:
-        os.replace(tmp, final)
         info_file.write_text(json.dumps(want, indent=2))
     ctx.barrier()
     return final
 
 
 def main(argv=None) -> dict:
-    from blurry_edges.data import SceneDataset
+    from blurry_edges.data import SceneDataset, SparseDensePairs
 
     args = get_args(argv)
     ctx = setup_distributed(args.cuda)

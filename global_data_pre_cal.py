@@ -71,7 +71,7 @@ SPLIT_SEED_OFFSET = {"train": 0, "val": 1}
 
 
 def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
-    from blurry_edges.data import SceneDataset
+    from blurry_edges.data import SceneDataset, staged_rows
 
     root = Path(args.data_path)
     ds = SceneDataset(str(root), split, with_params=False)
@@ -91,37 +91,31 @@ def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
         memory.plan_batch(1, lambda n: need, f"pre-calculation of {split}", "lower --chunk or --batch_size",
                           available=memory.available_bytes() // share, allow_accumulation=False)
     final = root / f"params_src_{split}.npy"
-    tmp = root / f".params_src_{split}.npy.partial"
+    crop_file = root / f"crop_origins_{split}.npy"
 
-    if ctx.is_main:                                   # one writer creates the file, all fill their share
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
-    ctx.barrier()
-    out = np.lib.format.open_memmap(tmp, mode="r+")
-    mine = list(range(ctx.rank, n_scenes, ctx.world_size))
-    loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
-                        num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
-    what = f"{n_scenes} scenes" + (f", {args.crop_tokens}×{args.crop_tokens}-token crops" if crops else "")
-    bar = tqdm(loader, desc=f"{split} ({what})", disable=not (args.progress and ctx.is_main), dynamic_ncols=True)
-    pos = 0
-    for batch in bar:
-        noisy = batch[1].to(ctx.device, non_blocking=True)          # [n, 2, H, W, 3] (item 0: no params yet)
-        idx = mine[pos:pos + noisy.shape[0]]
-        if crops is not None:                                        # [n, 2, size, size, 3]
-            noisy = torch.stack([noisy[k][:, rows, cols] for k, (rows, cols) in
-                                 enumerate(crops.pixel_window(origins[i]) for i in idx)])
-        feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16)
-        out[idx[0]:idx[-1] + 1:ctx.world_size] = feats.cpu().numpy()
-        pos += noisy.shape[0]
-    out.flush()
-    del out
-    ctx.barrier()
-    if ctx.is_main:
-        crop_file = root / f"crop_origins_{split}.npy"
+    def crop_origins() -> None:                   # beside the tokens, before they are published
         if crops is not None:
             np.save(crop_file, origins.numpy().astype(np.int16))
         elif crop_file.exists():
             crop_file.unlink()                     # a full-grid pre-calculation replaces an earlier crop one
-        os.replace(tmp, final)
+
+    with staged_rows(final, shape, np.float32, ctx, before_publish=crop_origins) as out:
+        mine = list(range(ctx.rank, n_scenes, ctx.world_size))
+        loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
+                            num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
+        what = f"{n_scenes} scenes" + (f", {args.crop_tokens}×{args.crop_tokens}-token crops" if crops else "")
+        bar = tqdm(loader, desc=f"{split} ({what})", disable=not (args.progress and ctx.is_main), dynamic_ncols=True)
+        pos = 0
+        for batch in bar:
+            noisy = batch[1].to(ctx.device, non_blocking=True)          # [n, 2, H, W, 3] (item 0: no params yet)
+            idx = mine[pos:pos + noisy.shape[0]]
+            if crops is not None:                                        # [n, 2, size, size, 3]
+                noisy = torch.stack([noisy[k][:, rows, cols] for k, (rows, cols) in
+                                     enumerate(crops.pixel_window(origins[i]) for i in idx)])
+            feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16)
+            out[idx[0]:idx[-1] + 1:ctx.world_size] = feats.cpu().numpy()
+            pos += noisy.shape[0]
+    if ctx.is_main:
         info = {"R": args.R, "stride": args.stride, "img_size": [full_grid.H, full_grid.W], "shape": list(shape),
                 "local_weights": str(args.local_weights), "bf16": bool(args.bf16), "num_scenes": n_scenes,
                 "crop_tokens": args.crop_tokens, "crop_seed": args.seed if crops is not None else None}

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
-from blurry_edges.densify import DTParams, domain_transform_densify
+from blurry_edges.densify import DTParams, domain_transform_densify  # noqa: E402
+from timing import best_of  # noqa: E402  (benchmarks/timing.py)
 
 
 def make_scene(size: int, device: torch.device, seed: int = 0):
@@ -40,17 +40,8 @@ def make_scene(size: int, device: torch.device, seed: int = 0):
 
 def time_one(size: int, device: torch.device, repeats: int, params: DTParams) -> float:
     sparse, guide, boundary, conf = make_scene(size, device)
-    domain_transform_densify(sparse, guide, weight=conf, boundary=boundary, params=params)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        domain_transform_densify(sparse, guide, weight=conf, boundary=boundary, params=params)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(lambda: domain_transform_densify(sparse, guide, weight=conf, boundary=boundary, params=params),
+                   repeats, device)
 
 
 def main() -> None:

@@ -13,9 +13,7 @@ on the metrics use trained weights and a test set).
 from __future__ import annotations
 
 import argparse
-import math
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +25,7 @@ from blurry_edges.metrics import eval_depth
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, load_weights
 from blurry_edges.patches import PatchGrid
 from blurry_edges.pipeline import DepthPipeline, PipelineConfig, as_pair_tensor
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_of(fn, device: torch.device, repeats: int) -> float:
-    fn()                                                       # warm-up
-    _sync(device)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+from timing import best_of  # benchmarks/timing.py
 
 
 def synthetic_pair(camera: CameraParams, R: int, size: int = 147, seed: int = 0):
@@ -117,19 +99,19 @@ def main() -> None:
                 def local_net():
                     return local_outputs(p.local, patches, chunk=args.local_chunk, bf16=p.config.bf16)
 
-                stages["local"] = best_of(local_net, device, args.repeats)
+                stages["local"] = best_of(local_net, args.repeats, device)
                 raw_local = local_net()
 
                 def colors():
                     return encode_local(p.renderer, raw_local, patches)
 
-                stages["colors"] = best_of(colors, device, args.repeats)
+                stages["colors"] = best_of(colors, args.repeats, device)
                 tokens = colors().view(2, -1, 19)
                 tokens = pair_tokens(tokens[0], tokens[1])[None]
-                stages["global"] = best_of(lambda: p._global_forward(tokens), device, args.repeats)
+                stages["global"] = best_of(lambda: p._global_forward(tokens), args.repeats, device)
                 raw = p._global_forward(tokens)[0]
-                stages["render_fold"] = best_of(lambda: p.render_maps(raw, x), device, args.repeats)
-        stages["total"] = best_of(lambda: p.run(x), device, args.repeats)
+                stages["render_fold"] = best_of(lambda: p.render_maps(raw, x), args.repeats, device)
+        stages["total"] = best_of(lambda: p.run(x), args.repeats, device)
         rows.append((name, stages))
     print(f"\none {size}×{size} pair end to end (best of {args.repeats}; s):")
     keys = ["local", "colors", "global", "render_fold", "total"]

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from blurry_edges.camera import CameraParams  # noqa: E402
 from blurry_edges.synth import generate, realistic, shapes, sources  # noqa: E402
+from timing import best_of  # noqa: E402  (benchmarks/timing.py)
 
 AUTHORS_SHAPES_S = 0.32   # s per scene pair, one core (the issue's figure)
 
@@ -62,21 +63,12 @@ def one_core() -> None:
     cv2.setNumThreads(1)
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 # ------------------------------------------------------------------------------------ shapes
 def bench_shapes(n: int) -> dict:
     cfg = shapes.ShapeSceneConfig()
     shapes.make_scene(np.random.default_rng(0), cfg)        # warm-up
-    full = best_of(lambda: [shapes.make_scene(generate.scene_rng(1, "train", i), cfg) for i in range(n)]) / n
-    clean = best_of(lambda: [shapes.make_clean_scene(generate.scene_rng(1, "train", i), cfg) for i in range(n)]) / n
+    full = best_of(lambda: [shapes.make_scene(generate.scene_rng(1, "train", i), cfg) for i in range(n)], warmup=False) / n
+    clean = best_of(lambda: [shapes.make_clean_scene(generate.scene_rng(1, "train", i), cfg) for i in range(n)], warmup=False) / n
     return {"shapes_s_per_scene": full, "shapes_clean_s_per_scene": clean}
 
 
@@ -102,7 +94,7 @@ def bench_authors_shapes(path: Path, n: int) -> float:
         sys.argv = argv
     np.random.seed(0)
     counts = np.random.randint(15, 26, size=n)
-    return best_of(lambda: [gen.generate_synthetic_image(c) for c in counts], repeats=2) / n
+    return best_of(lambda: [gen.generate_synthetic_image(c) for c in counts], repeats=2, warmup=False) / n
 
 
 # --------------------------------------------------------------------------------- realistic
@@ -116,7 +108,7 @@ def bench_realistic(size, n: int) -> dict:
     cfg = realistic.RealisticConfig(img_size=size)
     items = [textures(size, i) for i in range(n)]
     t = best_of(lambda: [realistic.make_test_scene(generate.scene_rng(1, "test", i), *items[i], cfg)
-                         for i in range(n)], repeats=2 if n > 1 else 1) / n
+                         for i in range(n)], repeats=2 if n > 1 else 1, warmup=False) / n
     # how many key-point blurs the scene needs (non-zero weights only) vs the authors' 2 × 2 × 151
     cam = cfg.camera
     rel, ang = realistic.draw_planes(generate.scene_rng(1, "test", 0))

@@ -42,19 +42,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from blurry_edges.patches import PatchGrid  # noqa: E402
 from blurry_edges.features import local_params_for_images  # noqa: E402
+from blurry_edges.patches import PatchGrid  # noqa: E402
 from blurry_edges.train import DepthCompletionTask, GlobalTask, LocalTask  # noqa: E402
+from timing import best_of, sync  # noqa: E402  (benchmarks/timing.py)
 
 # (train samples, val samples, epochs) of each schedule
 SCHEDULES = {"local": (16000, 4000, 1000), "global": (8000, 2000, 350), "w": (8000, 2000, 100),
              "unet": (8000, 2000, 100)}
 DEFAULT_BATCH = {"local": 64, "global": 8, "w": 8, "unet": 16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rss_mb() -> float:
@@ -124,21 +120,13 @@ def run_stage(stage: str, args) -> dict:
         opt.step()
         return loss
 
-    step()                               # warm-up (allocations, kernels)
-    _sync(device)
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    t_step = best_of(step, args.steps, device)        # after a warm-up step (allocations, kernels)
     model.eval()
     with torch.no_grad():
         t0 = time.perf_counter()
         task.loss(model, batch, task.final_schedule(), train=False)
-        _sync(device)
+        sync(device)
         t_val = time.perf_counter() - t0
-    t_step = min(times)
     out = {"stage": stage, "batch": B, "s_per_step": t_step, "s_per_1000_train": t_step * 1000 / B,
            "s_per_1000_val": t_val * 1000 / B, "device": str(device), "bf16": args.bf16,
            "dropout": not args.no_dropout, "size": size}
@@ -164,10 +152,10 @@ def run_precal(args, device, g) -> dict:
     grid = PatchGrid(size, size, args.R, args.stride)
     images = torch.rand(1, 2, size, size, 3, generator=g).to(device)
     local_params_for_images(model, renderer, grid, images, bf16=args.bf16, chunk=256)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     local_params_for_images(model, renderer, grid, images, bf16=args.bf16, chunk=256)
-    _sync(device)
+    sync(device)
     t = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _rss_mb()
     return {"stage": "precal", "batch": 1, "s_per_step": t, "s_per_1000_train": t * 1000, "s_per_1000_val": 0.0,

@@ -19,6 +19,7 @@ networks see exactly what they saw in the paper).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -334,3 +335,52 @@ class TestSceneDataset(_StoredArrays):
         if self._flip:
             noisy = np.ascontiguousarray(noisy[..., ::-1])
         return torch.from_numpy(noisy) / alpha, self._f32(a["depth_maps"][idx])
+
+
+class SparseDensePairs(_StoredArrays):
+    """Training pairs of the depth-completion U-Net: ``(sparse [H, W], dense [H, W])`` float32, the
+    cached global-stage depth map (``depth_completion_training.py``) and the scene's ground-truth
+    depth (``image_depths_{split}.npy``), both memory-mapped."""
+
+    def __init__(self, sparse_file: str | os.PathLike, root: str | os.PathLike, split: str) -> None:
+        self.sparse_file, self.dense_file = Path(sparse_file), Path(root) / f"image_depths_{split}.npy"
+        if not self.dense_file.is_file():
+            raise FileNotFoundError(f"{self.dense_file} is missing: the scene data set is incomplete")
+        n_sparse, n_dense = (len(np.load(f, mmap_mode="r")) for f in (self.sparse_file, self.dense_file))
+        if n_sparse != n_dense:
+            raise ValueError(f"{sparse_file} holds {n_sparse} maps for {n_dense} scenes; "
+                             "rebuild it with --recompute_cache")
+        super().__init__(root, {"sparse": self.sparse_file, "dense": self.dense_file}, None, Path(root))
+
+    def __getitem__(self, i: int):
+        a = self._get()
+        return self._f32(a["sparse"][i]), self._f32(a["dense"][i])
+
+
+@contextlib.contextmanager
+def staged_rows(final: str | os.PathLike, shape: tuple[int, ...], dtype, ctx, before_publish=None):
+    """A ``.npy`` array that every process fills with its rows, published only when complete.
+
+    The main process creates ``.<name>.partial`` next to ``final``; every process opens it and
+    receives it (``numpy.memmap``, mode ``r+``) to write its rows; after all have flushed, the main
+    process calls ``before_publish()`` (if given) and renames the file to ``final``. An interrupted
+    run leaves only the hidden partial file, never a ``final`` that looks complete.
+
+    Args:
+        ctx: the run's ``train.DistContext`` (``is_main``, ``barrier``).
+    """
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.partial"
+    if ctx.is_main:                                   # one writer creates the file, all fill their share
+        final.parent.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape)).flush()
+    ctx.barrier()
+    out = np.lib.format.open_memmap(tmp, mode="r+")
+    yield out
+    out.flush()
+    del out
+    ctx.barrier()
+    if ctx.is_main:
+        if before_publish is not None:
+            before_publish()
+        os.replace(tmp, final)

@@ -55,6 +55,26 @@ class PatchGrid:
         cols = patches.reshape(N, P, C * self.R * self.R).transpose(1, 2)
         return F.fold(cols, (self.H, self.W), self.R, stride=self.stride)
 
+    def band(self, r0: int, r1: int) -> tuple["PatchGrid", int]:
+        """Patch rows ``[r0, r1)`` as a grid of their own (full width) and the pixel row it starts at.
+
+        Large images are rendered and folded band by band to bound memory: :meth:`fold_band_into`
+        adds each band's fold at its place, which sums exactly the patches :meth:`fold_sum` would.
+        """
+        if not 0 <= r0 < r1 <= self.Hp:
+            raise ValueError(f"patch rows [{r0}, {r1}) are not inside the {self.Hp} rows of {self}")
+        top, bottom = r0 * self.stride, (r1 - 1) * self.stride + self.R
+        return PatchGrid(bottom - top, self.W, self.R, self.stride), top
+
+    def fold_band_into(self, acc: torch.Tensor, r0: int, patches: torch.Tensor) -> None:
+        """``acc [C, H, W] +=`` the fold of ``patches [n, C, R, R]``: the patches of whole patch rows
+        from ``r0`` on (row-major, ``n`` a multiple of the grid's width), see :meth:`band`."""
+        rows = patches.shape[0] // self.Wp
+        if rows * self.Wp != patches.shape[0]:
+            raise ValueError(f"{patches.shape[0]} patches are not whole rows of {self.Wp}")
+        band_grid, top = self.band(r0, r0 + rows)
+        acc[:, top:top + band_grid.H, :] += band_grid.fold_sum(patches[None])[0]
+
     def coverage(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """``[H, W]``: how many patches cover each pixel (0 on a border the grid misses)."""
         key = (torch.device(device) if device is not None else torch.device("cpu"), dtype)

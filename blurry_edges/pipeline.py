@@ -233,10 +233,8 @@ class DepthPipeline:
 
     def _band(self, x: torch.Tensor, grid: PatchGrid, r0: int, r1: int) -> tuple[PatchGrid, torch.Tensor]:
         """Patch rows ``[r0, r1)`` of ``x [N, C, H, W]``: their sub-grid and patches ``[N, n, C, R, R]``."""
-        S, R = grid.stride, grid.R
-        top, bottom = r0 * S, (r1 - 1) * S + R
-        band_grid = PatchGrid(bottom - top, grid.W, R, S)
-        return band_grid, band_grid.unfold(x[..., top:bottom, :])
+        band_grid, top = grid.band(r0, r1)
+        return band_grid, band_grid.unfold(x[..., top:top + band_grid.H, :])
 
     # ------------------------------------------------------------------ stages
     def _global_forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -309,13 +307,12 @@ class DepthPipeline:
         grid = PatchGrid(H, W, self.config.R, self.config.stride)
         if raw.shape != (grid.num_patches, 12):
             raise ValueError(f"expected raw outputs [{grid.num_patches}, 12], got {list(raw.shape)}")
-        S, R = grid.stride, grid.R
         # channels: color of image 1 and 2 (6), sharpened (3), refocused (3), boundary, owned, depth
         acc = torch.zeros(15, H, W, device=x.device, dtype=torch.float32)
         step = self._band_rows(grid)
         for r0 in range(0, grid.Hp, step):
             r1 = min(grid.Hp, r0 + step)
-            band_grid, patches = self._band(x, grid, r0, r1)              # [2, n, 3, R, R]
+            _, patches = self._band(x, grid, r0, r1)                      # [2, n, 3, R, R]
             geom, eta = decode_global(raw[r0 * grid.Wp:r1 * grid.Wp])     # [n, 8], [n, 2, 2]
             pr = self.renderer.render_pair(geom, eta, patches.transpose(0, 1),
                                            mask_variant=self.config.mask_variant)
@@ -324,8 +321,7 @@ class DepthPipeline:
             owned = (pr.mask > 0).to(torch.float32)
             stack = torch.cat([pr.patches.flatten(1, 2), sharp, refoc, pr.boundary[:, None],
                                owned[:, None], (pr.depth * owned)[:, None]], dim=1)    # [n, 15, R, R]
-            top = r0 * S
-            acc[:, top:top + band_grid.H, :] += band_grid.fold_sum(stack[None])[0]
+            grid.fold_band_into(acc, r0, stack)
         cov = grid.coverage(x.device, torch.float32).clamp_min(1)
         n_owned = acc[13]
         return {

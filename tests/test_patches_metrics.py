@@ -121,3 +121,19 @@ def test_metrics_crop_empty_and_average():
     assert avg["delta1"] == 1.0 and avg["n_images"] == 2
     with pytest.raises(ValueError):
         eval_depth(np.zeros((3, 3)), np.zeros((4, 4)))
+
+
+@pytest.mark.parametrize("rows_per_band", [1, 2, 3])
+def test_band_folds_add_up_to_one_fold(rows_per_band):
+    grid = PatchGrid(17, 13, 5, 2)                                      # 7 × 5 patches, bands of uneven size
+    g = torch.Generator().manual_seed(0)
+    patches = torch.rand(grid.num_patches, 4, 5, 5, generator=g, dtype=torch.float64)
+    acc = torch.zeros(4, 17, 13, dtype=torch.float64)
+    for r0 in range(0, grid.Hp, rows_per_band):
+        r1 = min(grid.Hp, r0 + rows_per_band)
+        band_grid, top = grid.band(r0, r1)
+        assert (band_grid.Hp, band_grid.Wp, top) == (r1 - r0, grid.Wp, 2 * r0)
+        grid.fold_band_into(acc, r0, patches[r0 * grid.Wp:r1 * grid.Wp])
+    torch.testing.assert_close(acc, grid.fold_sum(patches[None])[0], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="whole rows"):
+        grid.fold_band_into(acc, 0, patches[:3])

@@ -126,8 +126,12 @@ def city_block_distance(boundary: np.ndarray, dtype=None) -> np.ndarray:
     return np.rint(dist).astype(dtype)
 
 
-def sobel_magnitude(images: np.ndarray, dtype=np.float16) -> np.ndarray:
-    """Per-channel Sobel gradient magnitude of 8-bit images, ÷ 255.
+def derivative_map(images: np.ndarray, dtype=np.float16) -> np.ndarray:
+    """The stored color-derivative map (Eq. 13) of 8-bit images: per-channel Sobel magnitude, ÷ 255.
+
+    Same size as the image (reflected border), unlike the renderer's ``wedges.sobel_magnitude``
+    ("valid", two pixels smaller, float tensors); the data sets store this map and the datasets crop
+    it by one pixel to meet the renderer's.
 
     ``images``: uint8 [..., H, W, 3] in [0, 255]. Kernels ``[[-1,0,1],[-2,0,2],[-1,0,1]]`` and its
     transpose; borders half-sample symmetric like SciPy's default ``reflect`` (the authors use
@@ -138,7 +142,7 @@ def sobel_magnitude(images: np.ndarray, dtype=np.float16) -> np.ndarray:
     """
     imgs = np.asarray(images)
     if imgs.dtype != np.uint8:
-        raise TypeError(f"sobel_magnitude expects uint8 images, got {imgs.dtype}")
+        raise TypeError(f"derivative_map expects uint8 images, got {imgs.dtype}")
     flat = imgs.reshape((-1,) + imgs.shape[-3:])
     out = np.empty(flat.shape, dtype)
     for n in range(flat.shape[0]):
@@ -338,7 +342,7 @@ def render_clean_scene(spec: SceneSpec, cfg: ShapeSceneConfig) -> dict:
         "image_depth": depth,
         "boundary_depth": bdepth,
         "boundary_distance": city_block_distance(bloc),
-        "derivative_map": sobel_magnitude(clean),
+        "derivative_map": derivative_map(clean),
         "n_shapes": n_obj,
     }
 
