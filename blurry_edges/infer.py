@@ -25,12 +25,13 @@ import torch
 from .camera import CameraParams
 from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
-from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, build_pipeline,
-                       camera_from_args, default_device)
+from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, add_method_arguments,
+                       build_pipeline, camera_from_args, default_device, focal_track_from_args)
 
 __all__ = ["check_camera", "valid_size", "prepare_pair", "write_outputs", "main"]
 
-_MODE_NAMES = {"none": "sparse", "w": "W, dense mask", "pp": "PP, U-Net completion", "dt": "domain-transform densified"}
+_MODE_NAMES = {"none": "sparse", "w": "W, dense mask", "pp": "PP, U-Net completion", "dt": "domain-transform densified",
+               "focal_track": "Focal Track, sparse"}
 
 #: Blur range (pixels) the released networks were trained on: the paper's camera over 0.75–1.18 m.
 _TRAINED = CameraParams()
@@ -87,7 +88,8 @@ def prepare_pair(path1: str | Path, path2: str | Path, *, alpha: Optional[float]
     H, W = im1.size
     if H < block or W < block:
         raise ImageInputError(f"the images are {H}×{W} but at least {block}×{block} pixels are needed "
-                              f"(one block of the global stage); use larger images")
+                              "(one block of the global stage; for --method focal_track one window); "
+                              "use larger images")
     Hc, Wc = valid_size(H, block, stride), valid_size(W, block, stride)
     a, b, scale, how = normalize_pair(im1, im2, alpha=alpha, mode=normalize)
     info = {
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     m.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
     m.add_argument("--tile_batch", type=int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
+    add_method_arguments(p, compare=False)
     add_camera_arguments(p)
     return p
 
@@ -178,9 +181,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         camera = camera_from_args(args)
         for w in check_camera(camera, args.R):
             print(f"warning: {w}")
+        focal = args.method == "focal_track"          # training-free: any size of at least one window
         pair, info = prepare_pair(args.image1, args.image2, alpha=args.alpha, normalize=args.normalize,
-                                  block=args.block, stride=args.stride)
-        pipeline: DepthPipeline = build_pipeline(
+                                  block=args.ft_window if focal else args.block, stride=1 if focal else args.stride)
+        pipeline: DepthPipeline = focal_track_from_args(args, camera, args.device) if focal else build_pipeline(
             model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
             img_size=(args.block, args.block), camera=camera, device=args.device, bf16=args.bf16,
             rho_prime=args.rho_prime, margin=args.n_margin_patch, local_weights=args.local_weights,
@@ -191,7 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings = {
-        "inputs": info, "camera": camera.to_dict(), "densify": args.densify, "bf16": args.bf16,
+        "inputs": info, "camera": camera.to_dict(), "method": args.method,
+        "densify": "focal_track" if args.method == "focal_track" else args.densify, "bf16": args.bf16,
         "device": str(pipeline.device), "R": args.R, "stride": args.stride, "block": args.block,
         "n_margin_patch": args.n_margin_patch, "rho_prime": args.rho_prime, "tau": pipeline.config.threshold,
         "blocks": out["tiles"], "timing_s": out["timing"],
