@@ -27,12 +27,13 @@ from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
 from .runs import (OutputLocationError, add_version_argument, check_output_dir, non_negative_int, positive_int,
                    provenance)
-from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, build_pipeline,
-                       camera_from_args, default_device)
+from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, add_method_arguments,
+                       build_pipeline, camera_from_args, default_device, focal_track_from_args)
 
 __all__ = ["check_camera", "valid_size", "prepare_pair", "out_of_range_mask", "write_outputs", "main"]
 
-_MODE_NAMES = {"none": "sparse", "w": "W, dense mask", "pp": "PP, U-Net completion", "dt": "domain-transform densified"}
+_MODE_NAMES = {"none": "sparse", "w": "W, dense mask", "pp": "PP, U-Net completion", "dt": "domain-transform densified",
+               "focal_track": "Focal Track, sparse"}
 
 #: Blur range (pixels) the released networks were trained on: the paper's camera over 0.75–1.18 m.
 _TRAINED = CameraParams()
@@ -89,7 +90,8 @@ def prepare_pair(path1: str | Path, path2: str | Path, *, alpha: Optional[float]
     H, W = im1.size
     if H < block or W < block:
         raise ImageInputError(f"the images are {H}×{W} but at least {block}×{block} pixels are needed "
-                              f"(one block of the global stage); use larger images")
+                              "(one block of the global stage; for --method focal_track one window); "
+                              "use larger images")
     Hc, Wc = valid_size(H, block, stride), valid_size(W, block, stride)
     a, b, scale, how = normalize_pair(im1, im2, alpha=alpha, mode=normalize)
     info = {
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     m.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
     m.add_argument("--tile_batch", type=positive_int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
+    add_method_arguments(p, compare=False)
     add_camera_arguments(p)
     return p
 
@@ -205,25 +208,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OutputLocationError as e:
         parser.error(str(e))
     try:
-        pipeline: DepthPipeline = build_pipeline(
-            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
-            img_size=None if args.block is None else (args.block, args.block), camera=camera_from_args(args),
-            device=args.device, bf16=args.bf16, rho_prime=args.rho_prime, margin=args.n_margin_patch,
-            local_weights=args.local_weights, global_weights=args.global_weights, pp_weights=args.pp_weights,
-            tile_batch=args.tile_batch, dt_params=DTParams(), log=print)
-        camera = pipeline.camera
-        args.R, args.stride = pipeline.config.R, pipeline.config.stride
-        args.block = pipeline.tile_size[0]
-        for w in check_camera(camera, args.R):
+        focal = args.method == "focal_track"          # training-free: any size of at least one window
+        if focal:
+            camera = camera_from_args(args)
+            pipeline: DepthPipeline = focal_track_from_args(args, camera, args.device)
+        else:
+            pipeline = build_pipeline(
+                model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
+                img_size=None if args.block is None else (args.block, args.block), camera=camera_from_args(args),
+                device=args.device, bf16=args.bf16, rho_prime=args.rho_prime, margin=args.n_margin_patch,
+                local_weights=args.local_weights, global_weights=args.global_weights, pp_weights=args.pp_weights,
+                tile_batch=args.tile_batch, dt_params=DTParams(), log=print)
+            camera = pipeline.camera
+            args.R, args.stride = pipeline.config.R, pipeline.config.stride
+            args.block = pipeline.tile_size[0]
+        for w in check_camera(camera, args.R or 21):
             print(f"warning: {w}")
         pair, info = prepare_pair(args.image1, args.image2, alpha=args.alpha, normalize=args.normalize,
-                                  block=args.block, stride=args.stride)
+                                  block=args.ft_window if focal else args.block, stride=1 if focal else args.stride)
         out = pipeline.run(pair)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings = {
-        "inputs": info, "camera": camera.to_dict(), "densify": args.densify, "bf16": args.bf16,
+        "inputs": info, "camera": camera.to_dict(), "method": args.method,
+        "densify": "focal_track" if args.method == "focal_track" else args.densify, "bf16": args.bf16,
         "device": str(pipeline.device), "R": args.R, "stride": args.stride, "block": args.block,
         "n_margin_patch": args.n_margin_patch, "rho_prime": args.rho_prime, "tau": pipeline.config.threshold,
         "blocks": out["tiles"], "timing_s": out["timing"],

@@ -553,7 +553,41 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
                    help="guide of --densify dt: mean of both restored color maps, or image 1's")
     p.add_argument("--dt_confidence_weighted", action="store_true",
                    help="--densify dt: weight samples by the confidence map")
+    add_method_arguments(p)
     add_camera_arguments(p)
+
+
+#: Depth methods of the test scripts and of ``python -m blurry_edges.infer``.
+METHODS = ("blurry_edges", "focal_track")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, compare: bool = True) -> None:
+    """``--method`` (Blurry-Edges or the training-free Focal Track baseline), its settings and ``--compare``."""
+    from .focal_track import FocalTrackConfig
+
+    d = FocalTrackConfig()
+    g = parser.add_argument_group("method (README: Training-free baseline: Focal Track)")
+    g.add_argument("--method", choices=METHODS, default="blurry_edges",
+                   help="blurry_edges (default; needs the weight files) or focal_track (training-free, "
+                        "Guo et al. ICCV 2017)")
+    g.add_argument("--ft_window", type=int, default=d.window, help="focal_track: least-squares window (odd, px)")
+    g.add_argument("--ft_prefilter", type=float, default=d.prefilter_sigma,
+                   help="focal_track: σ (px) of the Gaussian pre-filter on both images (0 = off)")
+    g.add_argument("--ft_threshold", type=float, default=d.threshold,
+                   help="focal_track: keep depth where the confidence exceeds this")
+    if compare:
+        g.add_argument("--compare", action="store_true",
+                       help="evaluate Focal Track and every Blurry-Edges mode whose weights exist on the same "
+                            "test set and print a paper-Table-3-style comparison")
+
+
+def focal_track_from_args(args: argparse.Namespace, camera: CameraParams, device: torch.device | str):
+    """A :class:`~blurry_edges.focal_track.FocalTrackPipeline` from the ``--ft_*`` options (``ValueError`` if bad)."""
+    from .focal_track import FocalTrackConfig, FocalTrackPipeline
+
+    cfg = FocalTrackConfig(window=args.ft_window, prefilter_sigma=args.ft_prefilter, threshold=args.ft_threshold,
+                           rho_prime=args.rho_prime)
+    return FocalTrackPipeline(camera, cfg, device=device)
 
 
 # ====================================================================== evaluation over a test set
@@ -625,7 +659,8 @@ def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, 
         if figures:
             save_scene_figure(stem.with_suffix(".png"), noisy_np, out, gt_np, z_min=cam.z_min, z_max=cam.z_max,
                               rho_prime=pipeline.config.rho_prime, bgr=display_bgr,
-                              title=f"scene {i:04d}  ({pipeline.config.densify})")
+                              title=f"scene {i:04d}  ({getattr(pipeline, 'name', pipeline.config.densify)})",
+                              labels=getattr(pipeline, "figure_labels", None))
     avg = average_metrics(metrics)
     times = [r["time_s"] for r in rows]
     from .runs import provenance
@@ -684,6 +719,14 @@ def default_test_set(big: bool = False, log=print) -> Path:
     return path
 
 
+def default_run_name(args: argparse.Namespace, big: bool) -> str:
+    """``test[_big]_{sparse,w,pp,dt}[_bf16]`` for Blurry-Edges, ``test[_big]_focal_track`` for Focal Track."""
+    if getattr(args, "method", "blurry_edges") == "focal_track":
+        return f"test{'_big' if big else ''}_focal_track"
+    return f"test{'_big' if big else ''}_{'sparse' if args.densify == 'none' else args.densify}" \
+           f"{'_bf16' if args.bf16 else ''}"
+
+
 def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> int:
     """Entry point of ``blurry_edges_test.py`` / ``blurry_edges_test_big.py``; returns an exit code."""
     from .data import TestSceneDataset
@@ -722,52 +765,71 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
         print(f"error: --big_img_size {args.big_img_size[0]} {args.big_img_size[1]} but the test set at "
               f"{args.data_path} holds {H}×{W} images; drop the option or pass the matching size", file=sys.stderr)
         return 2
-    if not big and args.img_size is not None and (H, W) != tuple(args.img_size):
+    ft_only = args.method == "focal_track" and not args.compare      # any size: no global stage
+    if not big and not ft_only and args.img_size is not None and (H, W) != tuple(args.img_size):
         print(f"error: the test set at {args.data_path} holds {H}×{W} images but --img_size is "
               f"{args.img_size[0]} {args.img_size[1]}; pass --img_size {H} {W} or use blurry_edges_test_big.py "
               "for large images", file=sys.stderr)
         return 2
     dataset_camera = getattr(dataset, "camera", None)
+    focal = args.method == "focal_track"
+    if focal or args.compare:                          # no weights to take a camera from
+        try:
+            camera = camera_from_args(args, fallback=dataset_camera)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
+            print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
+        if args.compare:
+            from .compare import run_comparison
+            return run_comparison(args, dataset, camera, big=big)
     dt = DTParams(confidence_weighted=args.dt_confidence_weighted)
     try:
-        pipeline = build_pipeline(
-            model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
-            img_size=args.img_size if (big or args.img_size is not None) else (H, W), camera=None, device=args.cuda,
-            bf16=args.bf16, rho_prime=args.rho_prime,
-            margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
-            global_weights=args.global_weights, pp_weights=args.pp_weights,
-            tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide, log=print)
-        gkey = "global_w" if args.densify == "w" else "global"
-        trained = pipeline.weights_meta.get(gkey, {}).get("img_size")
-        if not big and args.img_size is None and trained is not None and list(trained) != [H, W]:
-            raise ValueError(f"the test images are {H}×{W}, but the global stage in {pipeline.weight_files[gkey]} "
-                             f"was trained on {trained[0]}×{trained[1]} images; evaluate a test set of that size, use "
-                             f"blurry_edges_test_big.py (blocks of the trained size), or pass --img_size {H} {W} to "
-                             "run it on these images anyway")
-        weights_camera = pipeline.weights_meta.get(gkey, {}).get("args", {}).get("camera_params")
-        weights_camera = CameraParams.from_dict(weights_camera) if weights_camera else None
-        if (not camera_given(args) and dataset_camera is not None and weights_camera is not None
-                and dataset_camera != weights_camera):
-            raise ValueError(f"the test set at {args.data_path} was made with camera {dataset_camera.to_dict()}, the "
-                             f"weights in {pipeline.weight_files[gkey]} were trained with {weights_camera.to_dict()}; "
-                             "say which one to evaluate with: --camera FILE or the per-field flags (--rho_1 …)")
-        camera = camera_from_args(args, fallback=dataset_camera or weights_camera)
-        pipeline.camera = camera
-        pipeline.renderer = WedgeRenderer(pipeline.config.R, camera)
-        if big:
+        # --method: the Blurry-Edges networks (weights needed) or the training-free Focal Track
+        if focal:
+            pipeline = focal_track_from_args(args, camera, args.cuda)
+        else:
+            pipeline = build_pipeline(
+                model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
+                img_size=args.img_size if (big or args.img_size is not None) else (H, W), camera=None,
+                device=args.cuda, bf16=args.bf16, rho_prime=args.rho_prime,
+                margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
+                global_weights=args.global_weights, pp_weights=args.pp_weights,
+                tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide, log=print)
+            gkey = "global_w" if args.densify == "w" else "global"
+            trained = pipeline.weights_meta.get(gkey, {}).get("img_size")
+            if not big and args.img_size is None and trained is not None and list(trained) != [H, W]:
+                raise ValueError(f"the test images are {H}×{W}, but the global stage in {pipeline.weight_files[gkey]} "
+                                 f"was trained on {trained[0]}×{trained[1]} images; evaluate a test set of that size, use "
+                                 f"blurry_edges_test_big.py (blocks of the trained size), or pass --img_size {H} {W} to "
+                                 "run it on these images anyway")
+            weights_camera = pipeline.weights_meta.get(gkey, {}).get("args", {}).get("camera_params")
+            weights_camera = CameraParams.from_dict(weights_camera) if weights_camera else None
+            if (not camera_given(args) and dataset_camera is not None and weights_camera is not None
+                    and dataset_camera != weights_camera):
+                raise ValueError(f"the test set at {args.data_path} was made with camera {dataset_camera.to_dict()}, the "
+                                 f"weights in {pipeline.weight_files[gkey]} were trained with {weights_camera.to_dict()}; "
+                                 "say which one to evaluate with: --camera FILE or the per-field flags (--rho_1 …)")
+            camera = camera_from_args(args, fallback=dataset_camera or weights_camera)
+            pipeline.camera = camera
+            pipeline.renderer = WedgeRenderer(pipeline.config.R, camera)
+        if big or focal:
             pipeline.layout(H, W, blocks=True)        # size checks before the first scene
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
-        print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
-    args.R, args.stride = pipeline.config.R, pipeline.config.stride
-    run_name = args.run_name or f"test{'_big' if big else ''}_{'sparse' if args.densify == 'none' else args.densify}" \
-                                f"{'_bf16' if args.bf16 else ''}"
+    if not focal:
+        if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
+            print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
+        args.R, args.stride = pipeline.config.R, pipeline.config.stride
+    run_name = args.run_name or default_run_name(args, big)
     out_dir = fresh_run_dir(args.log_path, run_name, args.overwrite)
+    layout = pipeline.layout(H, W, blocks=True) if big else None
     print(f"{len(dataset)} scenes of {H}×{W} ({dataset.format} format) from {args.data_path}; device {args.cuda}, "
-          f"densify={args.densify}, bf16={args.bf16}, R={args.R}, stride={args.stride}"
-          + (f", {len(pipeline.layout(H, W, blocks=True).origins())} blocks per image" if big else ""))
+          + (f"method=focal_track {pipeline.describe()}" if focal else
+             f"densify={args.densify}, bf16={args.bf16}, R={args.R}, stride={args.stride}")
+          + (f", {len(layout.origins())} blocks per image" if layout is not None else ""))
     summary = evaluate_test_set(
         pipeline, dataset, out_dir, crop=args.crop, max_scenes=args.max_scenes, figures=not args.no_figures,
         blocks=True if big else None, run_args=vars(args),

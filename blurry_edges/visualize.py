@@ -119,7 +119,8 @@ def save_gray_png(m: Any, path: str | Path, vmin: float = 0.0, vmax: float = 1.0
 
 def save_scene_figure(path: str | Path, noisy: Any, out: dict, gt_depth: Any = None, *,
                       z_min: float = 0.75, z_max: float = 1.18, rho_prime: float = 10.39,
-                      bgr: bool = False, title: Optional[str] = None) -> Path:
+                      bgr: bool = False, title: Optional[str] = None,
+                      labels: Optional[dict[str, str]] = None) -> Path:
     """The evaluation figure of one scene (two rows of five panels and a depth color bar in cm).
 
     Args:
@@ -128,7 +129,12 @@ def save_scene_figure(path: str | Path, noisy: Any, out: dict, gt_depth: Any = N
             ``confidence``, ``boundary``, ``depth``).
         gt_depth: ``[H, W]`` ground truth (metres) or ``None`` (the panel is left empty).
         bgr: the images' channels are B, G, R (the authors' test sets); shown flipped to RGB.
+        labels: panel titles replacing the defaults, by key (``color1``, ``color2``, ``sharpened``,
+            ``refocused``, ``confidence``, ``boundary``): another method's maps (e.g. Focal Track's).
     """
+    lab = {"color1": "restored color map 1", "color2": "restored color map 2", "sharpened": "sharpened color map",
+           "refocused": f"refocused (ρ′ = {rho_prime:g} m⁻¹)", "confidence": "confidence map",
+           "boundary": "boundary map", **(labels or {})}
     noisy = np.asarray(noisy, dtype=np.float32)
     flip = (lambda a: a[..., ::-1]) if bgr else (lambda a: a)
     show = lambda a: np.clip(np.nan_to_num(flip(to_hwc(a))), 0.0, 1.0)  # noqa: E731
@@ -142,18 +148,18 @@ def save_scene_figure(path: str | Path, noisy: Any, out: dict, gt_depth: Any = N
     panels = [
         (axes[0, 0], show(noisy[0]), "noisy input 1"),
         (axes[1, 0], show(noisy[1]), "noisy input 2"),
-        (axes[0, 1], show(color[0]), "restored color map 1"),
-        (axes[1, 1], show(color[1]), "restored color map 2"),
-        (axes[0, 2], show(out["sharpened"]), "sharpened color map"),
-        (axes[1, 2], show(out["refocused"]), f"refocused (ρ′ = {rho_prime:g} m⁻¹)"),
+        (axes[0, 1], show(color[0]), lab["color1"]),
+        (axes[1, 1], show(color[1]), lab["color2"]),
+        (axes[0, 2], show(out["sharpened"]), lab["sharpened"]),
+        (axes[1, 2], show(out["refocused"]), lab["refocused"]),
     ]
     for ax, img, name in panels:
         ax.imshow(img, interpolation="nearest")
         ax.set_title(name, fontsize=9)
     axes[0, 3].imshow(_as_map(out["confidence"]), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    axes[0, 3].set_title("confidence map", fontsize=9)
+    axes[0, 3].set_title(lab["confidence"], fontsize=9)
     axes[1, 3].imshow(_as_map(out["boundary"]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes[1, 3].set_title("boundary map", fontsize=9)
+    axes[1, 3].set_title(lab["boundary"], fontsize=9)
     kw = dict(cmap=_cmap(), vmin=z_min * 100, vmax=z_max * 100, interpolation="nearest")
     if gt_depth is not None:
         axes[0, 4].imshow(_masked_cm(_as_map(gt_depth)), **kw)

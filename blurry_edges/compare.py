@@ -1,0 +1,140 @@
+"""One test set, every depth method, a paper-Table-3-style table (``blurry_edges_test.py --compare``).
+
+Evaluates the training-free Focal Track baseline (Guo et al., ICCV 2017; :mod:`blurry_edges.focal_track`)
+and, where their weight files exist, the Blurry-Edges modes sparse ("Ours"), W ("Ours-W"), PP
+("Ours-PP") and the domain-transform densifier (dt) on the same scenes with the same metrics
+(:func:`blurry_edges.metrics.eval_depth`) and the same per-scene outputs as a single-method run
+(:func:`blurry_edges.pipeline.evaluate_test_set`), then prints each measured row beside the paper's
+Table 3 row. A mode whose weights are missing is listed with the file it needs.
+
+Outputs under ``--log_path/<run name>/`` (default run name ``compare`` / ``compare_big``): one
+sub-folder per method (``focal_track/``, ``sparse/``, ``w/``, ``pp/``, ``dt/``) holding the usual
+``scene_XXXX.npz`` / ``.png``, ``summary.csv`` and ``summary.json``, plus ``comparison.csv`` and
+``comparison.json`` with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .camera import CameraParams
+from .densify import DTParams
+from .metrics import METRIC_NAMES
+
+__all__ = ["PAPER_TABLE3", "ROWS", "format_table", "run_comparison"]
+
+#: Paper Table 3 (synthetic test set, 147×147, two images): δ1, δ2, δ3, RMSE (cm), AbsRel.
+PAPER_TABLE3: dict[str, tuple[float, float, float, float, float]] = {
+    "Focal Track": (0.588, 0.784, 0.874, 6.308, 4.640),
+    "Tang et al.": (0.663, 0.790, 0.878, 6.737, 4.346),
+    "Ours (sparse)": (0.720, 0.840, 0.895, 5.281, 3.295),
+    "Ours-W": (0.628, 0.812, 0.885, 6.297, 4.525),
+    "Ours-PP": (0.806, 0.906, 0.945, 3.992, 2.691),
+}
+
+#: (key, table name, method, densify mode); the key names the output sub-folder.
+ROWS = (
+    ("focal_track", "Focal Track", "focal_track", None),
+    ("tang", "Tang et al.", None, None),                   # not implemented: paper row only
+    ("sparse", "Ours (sparse)", "blurry_edges", "none"),
+    ("w", "Ours-W", "blurry_edges", "w"),
+    ("pp", "Ours-PP", "blurry_edges", "pp"),
+    ("dt", "Ours-DT (densify dt)", "blurry_edges", "dt"),
+)
+
+
+def _num(v: Optional[float], digits: int = 3) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def format_table(results: list[dict]) -> str:
+    """The comparison as text: per method a ``measured`` line (or why not) and the ``paper`` line."""
+    head = f"{'method':<22} {'source':<9} {'δ1':>6} {'δ2':>6} {'δ3':>6} {'RMSE cm':>8} {'AbsRel':>7}  note"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r["status"] == "measured":
+            a = r["average"]
+            lines.append(f"{r['name']:<22} {'measured':<9} {_num(a['delta1']):>6} {_num(a['delta2']):>6} "
+                         f"{_num(a['delta3']):>6} {_num(a['rmse_cm']):>8} {_num(a['absrel']):>7}  "
+                         f"{r['n_scenes']} scenes, {r['mean_time_s']:.3f} s/scene")
+        else:
+            lines.append(f"{r['name']:<22} {'measured':<9} {'':>6} {'':>6} {'':>6} {'':>8} {'':>7}  {r['note']}")
+        paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
+        if paper is not None:
+            d1, d2, d3, rmse, absrel = paper
+            lines.append(f"{'':<22} {'paper':<9} {d1:>6.3f} {d2:>6.3f} {d3:>6.3f} {rmse:>8.3f} {absrel:>7.3f}  "
+                         "Table 3, 200 scenes")
+    return "\n".join(lines)
+
+
+def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big: bool = False) -> int:
+    """Evaluate every available method on ``dataset`` and print the table; returns an exit code.
+
+    ``args`` are those of :func:`blurry_edges.pipeline.add_eval_arguments`. Focal Track always runs;
+    a Blurry-Edges row runs when its weight files load (else it says which file is missing).
+    """
+    from .pipeline import build_pipeline, evaluate_test_set, focal_track_from_args
+
+    root = Path(args.log_path) / (args.run_name or ("compare_big" if big else "compare"))
+    results: list[dict] = []
+    display_bgr = getattr(dataset, "channel_order", "RGB") == "BGR"
+    dt = DTParams(confidence_weighted=args.dt_confidence_weighted)
+    for key, name, method, mode in ROWS:
+        row = {"key": key, "name": name, "method": method, "densify": mode}
+        if method is None:
+            results.append({**row, "status": "not implemented", "note": "not implemented here (paper row only)"})
+            continue
+        try:
+            if method == "focal_track":
+                pipeline = focal_track_from_args(args, camera, args.cuda)
+            else:
+                pipeline = build_pipeline(
+                    model_path=args.model_path, densify=mode, R=args.R, stride=args.stride, img_size=args.img_size,
+                    camera=camera, device=args.cuda, bf16=args.bf16, rho_prime=args.rho_prime,
+                    margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
+                    global_weights=args.global_weights if mode != "w" else None, pp_weights=args.pp_weights,
+                    tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide)
+            pipeline.layout(*dataset.img_size, blocks=True if big else None)
+        except FileNotFoundError as e:
+            missing = str(e).split("\n")[0].split(". ")[0]
+            results.append({**row, "status": "needs weights", "note": f"needs trained weights: {missing}"})
+            continue
+        except ValueError as e:
+            print(f"error: {name}: {e}", file=sys.stderr)
+            return 2
+        print(f"\n== {name} ==")
+        summary = evaluate_test_set(pipeline, dataset, root / key, crop=args.crop, max_scenes=args.max_scenes,
+                                    figures=not args.no_figures, blocks=True if big else None,
+                                    run_args={**vars(args), "compare_row": key}, display_bgr=display_bgr,
+                                    progress=False)
+        results.append({**row, "status": "measured", "average": summary["average"], "n_scenes": summary["n_scenes"],
+                        "mean_time_s": summary["mean_time_s"], "outputs": str(root / key)})
+    table = format_table(results)
+    print(f"\nComparison on {args.data_path} ({len(dataset)} scenes of {dataset.img_size[0]}×{dataset.img_size[1]}"
+          f"{', first ' + str(args.max_scenes) if args.max_scenes else ''}); paper rows: Table 3, 200 scenes of "
+          "its own test set\n")
+    print(table)
+    if any(r["status"] == "needs weights" for r in results):
+        print("\nThe Blurry-Edges rows need trained weights in --model_path (README: Weights, Training).")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "comparison.json").write_text(json.dumps(
+        {"data_path": args.data_path, "camera": camera.to_dict(), "rows": results,
+         "paper_table3": {k: dict(zip(METRIC_NAMES, v)) for k, v in PAPER_TABLE3.items()}}, indent=2, default=str))
+    with open(root / "comparison.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "source", *METRIC_NAMES, "n_scenes", "note"])
+        for r in results:
+            if r["status"] == "measured":
+                w.writerow([r["name"], "measured", *(r["average"][k] for k in METRIC_NAMES), r["n_scenes"], ""])
+            else:
+                w.writerow([r["name"], "measured", *([""] * len(METRIC_NAMES)), 0, r["note"]])
+            paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
+            if paper is not None:
+                w.writerow([r["name"], "paper", *paper, 200, "Table 3"])
+    print(f"\nOutputs written to {root}/ (one folder per method, comparison.csv, comparison.json)")
+    return 0
