@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import best_of
+from timing import best_of  # benchmarks/timing.py
 from blurry_edges.camera import CameraParams
 from blurry_edges.focal_track import FocalTrackConfig, FocalTrackPipeline, as_pair_batch, focal_track
 from blurry_edges.synth.psf import blur_reflect, gaussian_kernel_1d
@@ -52,8 +52,8 @@ def main() -> None:
     for size in args.sizes:
         pair = noisy_plane(size, camera)
         x = as_pair_batch(pair, device)
-        core = best_of(lambda: focal_track(x, camera, cfg), device, args.repeats)
-        full = best_of(lambda: pipe.run(pair), device, args.repeats)
+        core = best_of(lambda: focal_track(x, camera, cfg), args.repeats, device)
+        full = best_of(lambda: pipe.run(pair), args.repeats, device)
         print(f"{size}×{size} pair: {full * 1e3:8.1f} ms per pair end to end (run), "
               f"{core * 1e3:8.1f} ms estimator only (focal_track)")
 
