@@ -8,7 +8,7 @@ authors' (images_ny.npy, depth_maps.npy, alphas.npy). All work happens in blurry
 """
 import sys
 
-from blurry_edges.pipeline import run_eval_script
+from blurry_edges.evaluate import run_eval_script
 
 if __name__ == "__main__":
     sys.exit(run_eval_script(big=False))

@@ -7,7 +7,7 @@ Same outputs as blurry_edges_test.py. All work happens in blurry_edges.pipeline.
 """
 import sys
 
-from blurry_edges.pipeline import run_eval_script
+from blurry_edges.evaluate import run_eval_script
 
 if __name__ == "__main__":
     sys.exit(run_eval_script(big=True))

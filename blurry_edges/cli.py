@@ -1,20 +1,27 @@
-"""The command-line vocabulary of the training scripts, and settings shared with the data.
+"""The command-line vocabulary of every script, and settings shared with the data.
 
-* :func:`add_basic_args` – the authors' basic options of every script (device, weights folder,
+* Camera: :func:`add_camera_arguments` (``--camera JSON`` plus one flag per field),
+  :func:`camera_from_args`, :func:`camera_given`.
+* Training scripts: :func:`add_basic_args` – the authors' basic options (device, weights folder,
   image size, patch size, camera); :func:`add_runtime_args` – what we add (seed, checkpoints,
-  resume, time budget, bf16, learning-rate schedule, workers).
-* :func:`loop_config` – the parsed options → :class:`~blurry_edges.train.loop.LoopConfig`.
+  resume, time budget, bf16, learning-rate schedule, workers); :func:`loop_config` – the parsed
+  options → :class:`~blurry_edges.train.loop.LoopConfig`.
+* Evaluation scripts and ``infer``: :func:`add_eval_arguments`, :func:`add_method_arguments`,
+  :func:`densify_arg`, :func:`focal_track_from_args`.
 * :func:`resolve_setting`, :func:`resolve_camera` – a size or camera from the command line, the
   data, or the default, with an explained error when they disagree.
-
-The evaluation scripts' options live beside the pipeline (``pipeline.add_eval_arguments``).
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+import torch
+
+from .camera import CameraParams
 from .features import resolve_bf16
+from .pipeline import RHO_PRIME, normalize_densify
+from .runs import non_negative_int, positive_int
 from .train.dist import parse_device
 from .train.loop import LoopConfig
 from .train.records import plain
@@ -55,12 +62,11 @@ def add_basic_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda", type=str, default=None,
                         help="device: 'cuda', 'cuda:N' or 'cpu' (default: CUDA when available)")
     parser.add_argument("--model_path", type=str, default="./pretrained_weights", help="path of model weights")
-    from .runs import add_version_argument, positive_int
+    from .runs import add_version_argument
     parser.add_argument("--img_size", type=positive_int, nargs=2, default=None,
                         help="image size H W (default: the data's, else 147 147)")
     parser.add_argument("--R", type=positive_int, default=None, help="patch size (default: the data's, else 21)")
     add_version_argument(parser)
-    from .pipeline import add_camera_arguments
     add_camera_arguments(parser)
 
 
@@ -92,9 +98,6 @@ def resolve_setting(name: str, given: Any, from_data: Any, default: Any, source:
 
 def resolve_camera(args: argparse.Namespace, *datasets: Any):
     """Camera from ``--camera``/per-field flags, else the one recorded with the data, else the paper's."""
-    from .camera import CameraParams
-    from .pipeline import camera_from_args
-
     fallback = None
     for ds in datasets:
         cam = getattr(ds, "camera", None)
@@ -102,3 +105,132 @@ def resolve_camera(args: argparse.Namespace, *datasets: Any):
             fallback = cam if isinstance(cam, CameraParams) else CameraParams.from_dict(dict(cam))
             break
     return camera_from_args(args, fallback)
+
+
+CAMERA_FIELDS = ("s", "rho_1", "rho_2", "sigma_cam", "pixel_pitch", "mag", "z_min", "z_max")
+
+
+def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--camera JSON`` plus one flag per :class:`CameraParams` field (flags override the file)."""
+    g = parser.add_argument_group("camera (defaults: the paper's; a flag overrides --camera)")
+    g.add_argument("--camera", type=str, default=None, help="JSON file with camera parameters")
+    d = CameraParams()
+    units = {"s": "m", "rho_1": "1/m", "rho_2": "1/m", "sigma_cam": "m", "pixel_pitch": "m", "mag": "",
+             "z_min": "m", "z_max": "m"}
+    for name in CAMERA_FIELDS:
+        g.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{name} ({units[name] or 'factor'}; default {getattr(d, name)})")
+
+
+def camera_given(args: argparse.Namespace) -> bool:
+    return getattr(args, "camera", None) is not None or any(getattr(args, n, None) is not None for n in CAMERA_FIELDS)
+
+
+def camera_from_args(args: argparse.Namespace, fallback: CameraParams | None = None) -> CameraParams:
+    """Camera from ``--camera`` (else ``fallback``, else the defaults) with individual flags on top."""
+    base = CameraParams.from_json(args.camera) if getattr(args, "camera", None) else (fallback or CameraParams())
+    values = base.to_dict()
+    for name in CAMERA_FIELDS:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = float(v)
+    return CameraParams.from_dict(values)
+
+
+def densify_arg(value: str) -> str:
+    try:
+        return normalize_densify(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> None:
+    """The options of ``blurry_edges_test.py`` (``big=False``) and ``blurry_edges_test_big.py``."""
+    p = parser
+    p.add_argument("--cuda", type=str, default=default_device(),
+                   help="device, e.g. cuda, cuda:0 or cpu (default: cuda if available, else cpu)")
+    p.add_argument("--model_path", type=str, default="./pretrained_weights",
+                   help="folder with the weight files: freshly trained best_run_exp_*.pth, else the authors' names")
+    p.add_argument("--img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                   help="image size the global stage works on" + (" (the block size; default: what the global "
+                        "weights were trained on, else 147 147)" if big else " (default: the test set's)"))
+    if big:
+        p.add_argument("--big_img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                       help="expected size of the large images (default: whatever the test set holds; "
+                            "any 147 + 2k with stride 2, the paper recommends 147 + 4x)")
+        p.add_argument("--n_margin_patch", type=non_negative_int, default=10,
+                       help="margin patches dropped on every inner block border")
+    p.add_argument("--R", type=positive_int, default=None, help="patch size (default: the weights', else 21)")
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="patch stride (default: the global weights', else 2)")
+    p.add_argument("--data_path", type=str, default="./data/data_test_big" if big else "./data/data_test",
+                   help="test set (ours or the authors' images_ny.npy / depth_maps.npy / alphas.npy)")
+    p.add_argument("--log_path", type=str, default="./logs", help="outputs go to LOG_PATH/RUN_NAME/")
+    p.add_argument("--run_name", type=str, default=None,
+                   help="sub-folder of --log_path (default: test[_big]_<densify>[_bf16]); when it holds an "
+                        "earlier run, RUN_NAME_2, _3 … is used instead")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in LOG_PATH/RUN_NAME instead of a new folder")
+    p.add_argument("--batch_size", type=positive_int, default=1,
+                   help="scenes are processed one at a time; this many 147×147 blocks share a "
+                        "global-stage forward pass" if big else "kept for compatibility: scenes are processed one at a time")
+    p.add_argument("--crop", type=non_negative_int, default=10, help="pixels cropped on every side before the metrics")
+    p.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
+    p.add_argument("--densify", type=densify_arg, default="none", nargs="?", const="none",
+                   help="none (sparse, default), w (dense-mask global weights), pp (U-Net completion) "
+                        "or dt (domain-transform densifier)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
+    p.add_argument("--max_scenes", type=positive_int, default=None, help="evaluate only the first N scenes")
+    p.add_argument("--no_figures", action="store_true", help="skip the per-scene PNG figures")
+    p.add_argument("--local_weights", type=str, default=None,
+                   help="local-stage weights (default: MODEL_PATH/best_run_exp_local_stage.pth, "
+                        "else MODEL_PATH/pretrained_local_stage.pth)")
+    p.add_argument("--global_weights", type=str, default=None,
+                   help="global-stage weights (default: MODEL_PATH/best_run_exp_global_stage.pth, else "
+                        "MODEL_PATH/pretrained_global_stage.pth; …_w.pth for --densify w)")
+    p.add_argument("--pp_weights", type=str, default=None,
+                   help="U-Net weights (default: MODEL_PATH/best_run_exp_depth_completion_pp.pth, "
+                        "else MODEL_PATH/pretrained_depth_completion_pp.pth)")
+    p.add_argument("--dt_guide", choices=("mean", "image1"), default="mean",
+                   help="guide of --densify dt: mean of both restored color maps, or image 1's")
+    p.add_argument("--dt_confidence_weighted", action="store_true",
+                   help="--densify dt: weight samples by the confidence map")
+    add_method_arguments(p)
+    add_camera_arguments(p)
+
+
+#: Depth methods of the test scripts and of ``python -m blurry_edges.infer``.
+METHODS = ("blurry_edges", "focal_track")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, compare: bool = True) -> None:
+    """``--method`` (Blurry-Edges or the training-free Focal Track baseline), its settings and ``--compare``."""
+    from .focal_track import FocalTrackConfig
+
+    d = FocalTrackConfig()
+    g = parser.add_argument_group("method (README: Training-free baseline: Focal Track)")
+    g.add_argument("--method", choices=METHODS, default="blurry_edges",
+                   help="blurry_edges (default; needs the weight files) or focal_track (training-free, "
+                        "Guo et al. ICCV 2017)")
+    g.add_argument("--ft_window", type=int, default=d.window, help="focal_track: least-squares window (odd, px)")
+    g.add_argument("--ft_prefilter", type=float, default=d.prefilter_sigma,
+                   help="focal_track: σ (px) of the Gaussian pre-filter on both images (0 = off)")
+    g.add_argument("--ft_threshold", type=float, default=d.threshold,
+                   help="focal_track: keep depth where the confidence exceeds this")
+    if compare:
+        g.add_argument("--compare", action="store_true",
+                       help="evaluate Focal Track and every Blurry-Edges mode whose weights exist on the same "
+                            "test set and print a paper-Table-3-style comparison")
+
+
+def focal_track_from_args(args: argparse.Namespace, camera: CameraParams, device: torch.device | str):
+    """A :class:`~blurry_edges.focal_track.FocalTrackPipeline` from the ``--ft_*`` options (``ValueError`` if bad)."""
+    from .focal_track import FocalTrackConfig, FocalTrackPipeline
+
+    cfg = FocalTrackConfig(window=args.ft_window, prefilter_sigma=args.ft_prefilter, threshold=args.ft_threshold,
+                           rho_prime=args.rho_prime)
+    return FocalTrackPipeline(camera, cfg, device=device)

@@ -4,7 +4,7 @@ Evaluates the training-free Focal Track baseline (Guo et al., ICCV 2017; :mod:`b
 and, where their weight files exist, the Blurry-Edges modes sparse ("Ours"), W ("Ours-W"), PP
 ("Ours-PP") and the domain-transform densifier (dt) on the same scenes with the same metrics
 (:func:`blurry_edges.metrics.eval_depth`) and the same per-scene outputs as a single-method run
-(:func:`blurry_edges.pipeline.evaluate_test_set`), then prints each measured row beside the paper's
+(:func:`blurry_edges.evaluate.evaluate_test_set`), then prints each measured row beside the paper's
 Table 3 row. A mode whose weights are missing is listed with the file it needs.
 
 Outputs under ``--log_path/<run name>/`` (default run name ``compare`` / ``compare_big``): one
@@ -75,10 +75,12 @@ def format_table(results: list[dict]) -> str:
 def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big: bool = False) -> int:
     """Evaluate every available method on ``dataset`` and print the table; returns an exit code.
 
-    ``args`` are those of :func:`blurry_edges.pipeline.add_eval_arguments`. Focal Track always runs;
+    ``args`` are those of :func:`blurry_edges.cli.add_eval_arguments`. Focal Track always runs;
     a Blurry-Edges row runs when its weight files load (else it says which file is missing).
     """
-    from .pipeline import build_pipeline, evaluate_test_set, focal_track_from_args
+    from .cli import focal_track_from_args
+    from .evaluate import evaluate_test_set
+    from .pipeline import build_pipeline
 
     root = Path(args.log_path) / (args.run_name or ("compare_big" if big else "compare"))
     results: list[dict] = []

@@ -27,8 +27,9 @@ from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
 from .runs import (OutputLocationError, add_version_argument, check_output_dir, non_negative_int, positive_int,
                    provenance)
-from .pipeline import (RHO_PRIME, DepthPipeline, _densify_arg, add_camera_arguments, add_method_arguments,
-                       build_pipeline, camera_from_args, default_device, focal_track_from_args)
+from .cli import (add_camera_arguments, add_method_arguments, camera_from_args, default_device, densify_arg,
+                  focal_track_from_args)
+from .pipeline import RHO_PRIME, DepthPipeline, build_pipeline
 
 __all__ = ["check_camera", "valid_size", "prepare_pair", "out_of_range_mask", "write_outputs", "main"]
 
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pp_weights", default=None,
                    help="U-Net weights (default: MODEL_PATH/best_run_exp_depth_completion_pp.pth, "
                         "else MODEL_PATH/pretrained_depth_completion_pp.pth)")
-    m.add_argument("--densify", type=_densify_arg, default="none",
+    m.add_argument("--densify", type=densify_arg, default="none",
                    help="none (sparse depth near boundaries, default), w, pp or dt (dense)")
     m.add_argument("--R", type=positive_int, default=None, help="patch size (default: the weights', else 21)")
     m.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the weights', else 2)")

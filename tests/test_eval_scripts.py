@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, UNet, save_weights
-from blurry_edges.pipeline import run_eval_script
+from blurry_edges.evaluate import run_eval_script
 
 ROOT = Path(__file__).resolve().parents[1]
 R, H, GRID = 11, 25, 8
@@ -171,10 +171,10 @@ def test_size_mismatch_is_a_clear_error(weights, authors_set, tmp_path, capsys):
 def test_out_of_the_box_makes_and_evaluates_a_default_test_set(tmp_path, monkeypatch, weights, capsys):
     """No test set at the default location: a small builtin one is made (and said), then evaluated;
     a second run reuses it."""
-    import blurry_edges.pipeline as pipeline
+    import blurry_edges.evaluate as evaluate
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(pipeline.DEFAULT_TEST_SET, False, ("./data/data_test_builtin", 2, (25, 25)))
+    monkeypatch.setitem(evaluate.DEFAULT_TEST_SET, False, ("./data/data_test_builtin", 2, (25, 25)))
     args = ["--model_path", str(weights), "--max_scenes", "1", "--no_figures"] + SMALL
     assert run_eval_script(args) == 0
     out = capsys.readouterr().out

@@ -19,7 +19,7 @@ from blurry_edges.focal_track import (FocalTrackConfig, FocalTrackPipeline, as_p
                                       focal_track, sigma_sq_difference_coeffs)
 from blurry_edges.infer import main as infer_main
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, save_weights
-from blurry_edges.pipeline import run_eval_script
+from blurry_edges.evaluate import run_eval_script
 from blurry_edges.synth.psf import blur_reflect, gaussian_kernel_1d
 
 CAM = CameraParams()

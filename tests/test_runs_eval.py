@@ -15,7 +15,7 @@ import torch
 from blurry_edges import __version__
 from blurry_edges.infer import main as infer_main
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, save_weights
-from blurry_edges.pipeline import run_eval_script
+from blurry_edges.evaluate import run_eval_script
 from blurry_edges.runs import TRAINED_FILES, choose_weights
 
 from test_eval_scripts import write_authors_set

@@ -34,7 +34,7 @@ def _local(data: Path, model: Path, tmp: Path, *extra: str) -> dict:
 def test_documented_steps_chain_with_one_model_path(tmp_path, capsys):
     import global_data_pre_cal
     import global_training
-    from blurry_edges.pipeline import run_eval_script
+    from blurry_edges.evaluate import run_eval_script
 
     data = write_train_val(tmp_path / "data", R, SIZE, SIZE)
     model = tmp_path / "run1"

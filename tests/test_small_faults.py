@@ -32,7 +32,7 @@ def test_pickled_file_is_not_a_weight_file(tmp_path):
 @pytest.mark.parametrize("script", ["infer", "test", "test_big"])
 def test_stride_zero_is_a_usage_error(script, tmp_path, capsys):
     from blurry_edges.infer import main
-    from blurry_edges.pipeline import run_eval_script
+    from blurry_edges.evaluate import run_eval_script
 
     with pytest.raises(SystemExit) as ex:
         if script == "infer":
