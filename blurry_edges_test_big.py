@@ -1,5 +1,5 @@
 """Evaluate Blurry-Edges on large images (587×587 in the paper; any 147 + 2k) through 147×147
-blocks with margins (SPEC §4).
+blocks with margins (README "Evaluate on a test set").
 
     python blurry_edges_test_big.py [--data_path ./data/data_test_big] [--n_margin_patch 10] [--densify ...]
 

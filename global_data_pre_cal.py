@@ -1,4 +1,4 @@
-"""Pre-calculate the global stage's inputs (SPEC §6): run the trained local stage on every patch
+"""Pre-calculate the global stage's inputs (paper Sec. 3.4): run the trained local stage on every patch
 of both noisy images of every training and validation scene, fit the colors on the noisy
 patches, and store the 19 features per patch as ``<data_path>/params_src_{train,val}.npy``
 (float32 ``[N, 2, H'·W', 19]``, written in batches through a memory map and renamed into place
@@ -38,7 +38,7 @@ from blurry_edges.wedges import WedgeRenderer
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Pre-calculate the global stage's input tokens (SPEC §6).")
+    p = argparse.ArgumentParser(description="Pre-calculate the global stage's input tokens (paper Sec. 3.4).")
     add_basic_args(p)
     p.add_argument("--stride", type=positive_int, default=2, help="patch stride")
     p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")

@@ -1,4 +1,4 @@
-"""Train the global stage of Blurry-Edges (SPEC §6), or its dense "W" variant (our design).
+"""Train the global stage of Blurry-Edges (paper Sec. 3.4), or its dense "W" variant (our design).
 
     python global_data_pre_cal.py ...                     # first: the local stage's tokens
     python global_training.py [--data_path ./data/data_train_val] [--cuda cuda:0]
@@ -40,7 +40,7 @@ GAMMA_DEFAULTS = {
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train the Blurry-Edges global stage (SPEC §6).")
+    p = argparse.ArgumentParser(description="Train the Blurry-Edges global stage (paper Sec. 3.4).")
     add_basic_args(p)
     p.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
     p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
@@ -68,7 +68,7 @@ def get_args(argv=None) -> argparse.Namespace:
     add_runtime_args(p, seed=1898, deterministic=True)
     args = p.parse_args(argv)
     if (args.input_size, args.output_size) != (38, 12):
-        p.error("--input_size must be 38 and --output_size 12 (the token layout of SPEC §3)")
+        p.error("--input_size must be 38 and --output_size 12 (the token layout of the global stage, paper Sec. 3.3)")
     check_training_outputs(p, args, ("exp_global_stage_w",) if args.densify == "w" else ("exp_global_stage",))
     return args
 

@@ -1,4 +1,4 @@
-"""Train the local stage of Blurry-Edges (SPEC §6).
+"""Train the local stage of Blurry-Edges (paper Sec. 3.4).
 
     python local_training.py [--data_path ./data/data_train_val/patches] [--R 21] [--cuda cuda:0]
     torchrun --nproc_per_node 4 local_training.py ...            # several GPUs (DDP)
@@ -21,7 +21,7 @@ from blurry_edges.train import LocalTask, cleanup_distributed, fit, print_output
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train the Blurry-Edges local stage (SPEC §6).")
+    p = argparse.ArgumentParser(description="Train the Blurry-Edges local stage (paper Sec. 3.4).")
     add_basic_args(p)
     p.add_argument("--data_path", type=str, default="./data/data_train_val/patches", help="path of the patch dataset")
     p.add_argument("--log_path", type=str, default="./logs", help="path of logs")

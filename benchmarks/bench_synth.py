@@ -9,7 +9,7 @@ Reference points: the authors' basic-shape synthesis takes ≈ 0.32 s per scene 
 development machine; their realistic renderer convolves the whole image in 2-D for every key point and
 optical power (~600 blurs per scene). ``--authors`` times their own code (a checkout of
 github.com/guo-research-group/Blurry-Edges) on this machine instead of quoting that figure; without it
-the realistic baseline is a direct full-image 2-D convolution per key point written here (SPEC §5 taken
+the realistic baseline is a direct full-image 2-D convolution per key point written here (the authors' method taken
 literally), timed on the same scene.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Camera model and depth from defocus (SPEC §1, paper Eqs. 3 and 7).
+"""Camera model and depth from defocus (paper Sec. 3.1, Eqs. 3 and 7).
 
 Units: depths ``z`` in metres, optical powers ``rho`` in 1/m, blur ``sigma_px`` in pixels of the
 (down-sampled) image, and smoothness ``eta`` in *normalized patch units*: a patch of size ``R``

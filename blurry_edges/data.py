@@ -1,4 +1,4 @@
-"""Datasets over the stored arrays: this implementation's format and the authors' (SPEC §5).
+"""Datasets over the stored arrays: this implementation's format and the authors' (paper Sec. 4.2).
 
 Two on-disk formats are read, detected automatically:
 

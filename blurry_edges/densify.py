@@ -1,9 +1,9 @@
 """Training-free, depth-edge-aware densification of the sparse Blurry-Edges depth map.
 
-Blurry-Edges gives depth only near boundaries (SPEC §4): a sparse depth map ``Z`` (0 where there is
+Blurry-Edges gives depth only near boundaries (paper Eqs. 19–20): a sparse depth map ``Z`` (0 where there is
 no estimate), a confidence map ``F`` in [0, 1], a global boundary map ``B`` in [0, 1] and a restored
-color map. This module spreads ``Z`` over the whole image with the propagation of Karaali & Jung
-(seeds/karaali_defocus_blur_paper.md §III-C):
+color map. This module spreads ``Z`` over the whole image with the propagation of Karaali, Harte &
+Jung ("Deep Multi-Scale Feature Learning for Defocus Blur Estimation", Sec. III-C):
 
 - Eq. 1, normalized cross-domain filtering: ``dense = F(w·Z, I) / F(w, I)``, where ``w`` is the
   validity mask of the sparse samples (``Z > 0``) or, in the confidence-weighted variant,
@@ -61,23 +61,24 @@ TensorLike = Union[torch.Tensor, np.ndarray]
 
 @dataclass(frozen=True)
 class DTParams:
-    """Parameters of the domain-transform densifier (Karaali & Jung Eqs. 1–3).
+    """Parameters of the domain-transform densifier (Karaali, Harte & Jung, Eqs. 1–3).
 
     Defaults were chosen on basic-shape *validation* scenes (``benchmarks/tune_densify.py``: a grid
     over σs, σr, ψ and the tolerance, scored against dense ground truth; never on the test set):
-    σs = 50 px, σr = 0.1, ψ = 30, tol = 0.05 m. Karaali & Jung's own values (σs = min(H, W)/8,
+    σs = 50 px, σr = 0.1, ψ = 30, tol = 0.05 m. Karaali's own values (σs = min(H, W)/8,
     σr = 3.75, ψ = 100) scored clearly worse there (RMSE 9.3 vs 8.2 cm on 20 scenes).
 
     Attributes:
-        sigma_s: spatial standard deviation σs of the propagation kernel, in pixels. ``None`` means
-            ``min(H, W) / 8`` (Karaali's σs2; 18.4 px at 147×147). Large, because the samples sit
-            only on boundaries and must reach the middle of every region.
-        sigma_r: range standard deviation σr over guide colors in [0, 1] (Eq. 2). Karaali's σr2 =
-            3.75: large, so that color (pattern) edges slow propagation only mildly; depth edges
-            are stopped by ψ instead.
+        sigma_s: spatial standard deviation σs of the propagation kernel, in pixels (default 50).
+            Large, because the samples sit only on boundaries and must reach the middle of every
+            region. ``None`` means Karaali's σs2 = ``min(H, W) / 8`` (18.4 px at 147×147).
+        sigma_r: range standard deviation σr over guide colors in [0, 1] (Eq. 2; default 0.1).
+            Karaali's σr2 = 3.75 lets color (pattern) edges slow propagation only mildly; the
+            smaller default lets restored color edges slow it more, while depth edges are stopped
+            by ψ in either case.
         psi: depth-edge penalty ψ added to the transformed distance ct' across a depth edge (Eq. 3),
-            in the units of Eq. 2 (pixels). Karaali's ψ = 100: with σs ≈ 18 one step across a depth
-            edge lets through about exp(−√2·101/σH) ≈ 1e-4 of a value per iteration.
+            in the units of Eq. 2 (pixels; default 30, Karaali's ψ = 100). With σs = 50 one step
+            across a depth edge lets through about exp(−√2·31/σH) of a value per iteration.
         iterations: number N of (horizontal, vertical) pass pairs; iteration i (0-based) uses
             σH_i = σs·√3·2^(N−1−i)/√(4^N − 1) (Gastal & Oliveira), so the total variance is σs².
         depth_edge_tol: depth difference (m) between the two sides of a boundary above which it is
@@ -86,7 +87,7 @@ class DTParams:
         edge_radius: half size r of the (2r+1)² window in which :func:`depth_edge_map` compares the
             largest and smallest sparse depth around a boundary pixel.
         boundary_threshold: a pixel is a boundary pixel when B > this. 0.5 matches the ownership
-            rule that decides where Blurry-Edges keeps a depth sample (exp(−d²/δ²) > 0.5, SPEC §2).
+            rule that decides where Blurry-Edges keeps a depth sample (exp(−d²/δ²) > 0.5, paper Eq. 9).
         confidence_weighted: use ``w = F · valid`` as the sample weights of Eq. 1 (the ``weight``
             argument of :func:`domain_transform_densify`) instead of ``w = valid``.
         prefilter_guide: simplify the guide first with the edge-aware filter itself,
@@ -195,7 +196,7 @@ def depth_edge_map(sparse_depth: TensorLike, boundary: Optional[TensorLike] = No
 
     Args:
         sparse_depth: [..., H, W] sparse depth (m), 0 where there is no sample.
-        boundary: [..., H, W] global boundary map B in [0, 1] (SPEC §4), or None.
+        boundary: [..., H, W] global boundary map B in [0, 1] (paper Eq. 17), or None.
         valid: [..., H, W] bool/0-1 validity of the samples; default ``sparse_depth > 0``.
         tol, radius, boundary_threshold: override ``params.depth_edge_tol``, ``params.edge_radius``
             and ``params.boundary_threshold``.
@@ -300,7 +301,7 @@ def _step_penalty(edges: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor,
     sample at or before n−1 and ``R`` the nearest at or after n (both within ``radius``):
     ``C = [|Z_L − Z_R| > tol]`` when both exist (the wall sits between the two surfaces' samples,
     also when they touch); ``C = 1`` when neither exists (a depth edge far from any sample, the
-    case of Karaali & Jung); ``C = 0`` when only one exists (the step leads away from a sample
+    case of Karaali et al.); ``C = 0`` when only one exists (the step leads away from a sample
     set: never wall samples off from the surface they sit on).
 
     Args:
@@ -431,7 +432,7 @@ def domain_transform_densify(sparse_depth: TensorLike, guide: TensorLike, *,
         sparse_depth: [..., H, W] sparse depth Z (m); 0 (or ≤ 0) marks "no sample".
         guide: [..., C, H, W] restored color map in [0, 1] (same leading dims), or a gray
             [..., H, W] map.
-        weight: [..., H, W] confidence F in [0, 1] (SPEC §4). Used as the sample weights
+        weight: [..., H, W] confidence F in [0, 1] (paper Eq. 20). Used as the sample weights
             ``w = F · valid`` only when ``params.confidence_weighted`` (so a pipeline may always
             pass F and let the configuration choose); otherwise ``w = valid``.
         boundary: [..., H, W] global boundary map B; with it, depth edges are looked for on

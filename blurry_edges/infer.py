@@ -4,7 +4,7 @@
 
 IMAGE1 is the capture taken with optical power ρ1 and IMAGE2 the one with ρ2, registered (same
 view, same size). PNG/TIFF/JPEG/NPY, 8- or 16-bit or float, gray or RGB. An image of exactly
-147×147 is processed whole; a larger one through 147×147 blocks with margins (SPEC §4), after
+147×147 is processed whole; a larger one through 147×147 blocks with margins (README "Evaluate on a test set"), after
 cropping (from the bottom/right, with a message) to the nearest size the patch grid fits.
 
 Written to ``--out``: ``depth.npy`` (metres, 0 = no estimate), ``depth.png`` (colored, scale bar in

@@ -1,4 +1,4 @@
-"""Training objectives and their weight schedules (SPEC §6).
+"""Training objectives and their weight schedules (paper Sec. 3.4).
 
 * :class:`LocalSchedule` / :class:`LocalLoss` – the local stage: color fidelity, boundary
   localization and smoothness of one rendered patch, the last two ramped in over the first
@@ -65,7 +65,7 @@ class LocalWeights:
 
 @dataclass(frozen=True)
 class LocalSchedule:
-    """β schedule of the local stage (SPEC §6): both weights grow linearly from 0 to their final
+    """β schedule of the local stage (paper Sec. 3.4): both weights grow linearly from 0 to their final
     value over epochs ``0 … dynamic_epoch − 1`` (rate ``epoch / (dynamic_epoch − 1)``), then stay.
     Validation always uses the final values."""
 
@@ -82,7 +82,7 @@ class LocalSchedule:
         return LocalWeights(bndry_loc=self.beta_bndry_loc, smthns=self.beta_smthns)
 
 
-#: Names of the seven global-stage terms, in the order of SPEC §6 and of the CLI options ``--gamma_*``.
+#: Names of the seven global-stage terms, in the order of the authors' code and of the CLI options ``--gamma_*``.
 GAMMA_NAMES = ("color", "color_cons", "bndry_cons", "smthns", "smthns_cons", "bndry_loc", "depth")
 
 
@@ -104,7 +104,7 @@ class GlobalWeights:
 
 @dataclass(frozen=True)
 class GlobalSchedule:
-    """Three-phase γ schedule of the global stage (SPEC §6, the authors' ``update_gamma``).
+    """Three-phase γ schedule of the global stage (paper Sec. 3.4, the authors' ``update_gamma``).
 
     With key epochs ``(k0, k1, k2)`` (default 30, 100, 200) and three values ``(g0, g1, g2)`` per term:
 
@@ -190,7 +190,7 @@ class GlobalSchedule:
 
 # ============================================================================ local stage
 class LocalLoss:
-    """Objective of the local stage (SPEC §6, paper §3.3) for a batch of single patches.
+    """Objective of the local stage (paper Sec. 3.4, Eq. 21) for a batch of single patches.
 
     ``E[Σ_rgb (clean − render)²] + β_loc E[(dist · b)²] + β_smth E[Σ_rgb (deriv_gt − Sobel(render))²]``
 
@@ -231,7 +231,7 @@ class LocalLoss:
 
 # ============================================================================ global stage
 class GlobalLoss:
-    """Objective of the global stage (SPEC §6, paper §3.4) over all patches of a batch of pairs.
+    """Objective of the global stage (paper Sec. 3.4, Eq. 22) over all patches of a batch of pairs.
 
     Seven terms, each a mean over the batch, both images, all patches and their pixels:
 
@@ -251,7 +251,7 @@ class GlobalLoss:
     Args:
         renderer: a :class:`WedgeRenderer` of patch size ``R``.
         grid: the image's :class:`PatchGrid` (same ``R``); its fold normalizer is cached.
-        mask_variant: ``"sparse"`` or ``"w"`` (SPEC §2, ownership masks).
+        mask_variant: ``"sparse"`` or ``"w"`` (ownership masks, paper Eq. 19).
     """
 
     def __init__(self, renderer: WedgeRenderer, grid: PatchGrid, mask_variant: str = "sparse") -> None:

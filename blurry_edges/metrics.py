@@ -1,4 +1,4 @@
-"""Depth metrics exactly as the authors compute them (SPEC §7, paper Table 3).
+"""Depth metrics exactly as the authors compute them (paper Table 3).
 
 Two definitions are unusual and kept for comparability with the paper:
 

@@ -1,4 +1,4 @@
-"""Patches ↔ image (SPEC §4, paper Eqs. 17–20), and big images as 147×147 blocks with margins.
+"""Patches ↔ image (paper Eqs. 17–20), and big images as 147×147 blocks with margins.
 
 Patches are cut in row-major order over the patch grid ``(Hp, Wp)``, ``Hp = (H − R)//S + 1``,
 and put back by summing (``fold``) and dividing by how many patches cover each pixel.
@@ -110,7 +110,7 @@ class PatchGrid:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Large images processed as ``block×block`` tiles (SPEC §4).
+    """Large images processed as ``block×block`` tiles (README "Evaluate on a test set").
 
     Tiles advance by ``block − R + S − 2·S·m`` pixels (88 for the defaults); the last tile of a row
     or column is placed flush with the image end, so any size with ``(size − block) % S == 0`` works

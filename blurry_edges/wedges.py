@@ -1,4 +1,4 @@
-"""The Blurry-Edges representation and its renderer (SPEC §2, paper Eqs. 9–14).
+"""The Blurry-Edges representation and its renderer (paper Sec. 3.2, Eqs. 9–14).
 
 One renderer serves every stage: local training, pre-calculation, global training, evaluation
 and inference. Everything here is differentiable, batched over any leading dimensions ``...``,
@@ -37,7 +37,7 @@ TWO_PI = 2.0 * math.pi
 
 # ----------------------------------------------------------------------------- parameter codecs
 def eta_from_logit(e: torch.Tensor) -> torch.Tensor:
-    """Smoothness from a network output: ``η = 10^(2·erf(e) − 2)`` ∈ (1e-4, 1) (SPEC §3 says (0.01, 1); the formula gives 1e-4)."""
+    """Smoothness from a network output: ``η = 10^(2·erf(e) − 2)`` ∈ (1e-4, 1) (erf saturates at ±1)."""
     return torch.pow(10.0, 2.0 * torch.erf(e) - 2.0)
 
 

@@ -1,4 +1,4 @@
-"""Training objectives and weight schedules (SPEC §6): schedule values at the key epochs, the
+"""Training objectives and weight schedules (paper Sec. 3.4): schedule values at the key epochs, the
 losses against a reference written independently in the authors' tensor layout, the depth term's
 guards, and the depth-completion loss. CPU only, tiny sizes."""
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_local_schedule_key_epochs():
     assert s.final().bndry_loc == 0.001 and s.final().smthns == 0.0005
 
 
-GAMMAS = {   # SPEC §6: (start, middle, final)
+GAMMAS = {   # the authors' γ schedule (paper Sec. 3.4): (start, middle, final)
     "color": (1.0, 0.1, 0.1), "color_cons": (0.2, 0.1, 0.05), "bndry_cons": (0.05, 0.05, 0.02),
     "smthns": (0.005, 0.1, 0.002), "smthns_cons": (0.005, 0.1, 0.002),
     "bndry_loc": (0.0001, 0.05, 0.0001), "depth": (0.0001, 0.05, 0.5),
@@ -84,7 +84,7 @@ def test_global_schedule_phases_and_validation():
 
 # ----------------------------------------------------------------------------- local loss
 def _sobel_ref(img):
-    """Sobel magnitude by conv2d with the SPEC's kernels (independent of wedges.sobel_magnitude)."""
+    """Sobel magnitude by conv2d with Eq. 13's kernels (independent of wedges.sobel_magnitude)."""
     c = img.shape[-3]
     kx = torch.tensor([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=img.dtype)
     ky = torch.tensor([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=img.dtype)

@@ -1,4 +1,4 @@
-"""Networks (SPEC §3): shapes, parameter counts, weight-file compatibility, positional encoding,
+"""Networks (paper Sec. 3.3): shapes, parameter counts, weight-file compatibility, positional encoding,
 and the weight loader's errors. CPU only, small batches."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from blurry_edges.models import (
 from blurry_edges.wedges import decode_global, decode_local, eta_from_logit
 
 # --------------------------------------------------------------------------------------------
-# Expected state dicts, written out by hand from the architecture in SPEC §3 (independent of the
-# model code): name → shape.
+# Expected state dicts, written out by hand from the architecture of paper Sec. 3.3 and the
+# authors' weight files (independent of the model code): name → shape.
 # --------------------------------------------------------------------------------------------
 
 

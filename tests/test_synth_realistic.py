@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"
 
 # ------------------------------------------------------------------------------- rendering
 def _reference_layer(layer, depth, kp, cam):
-    """SPEC §5 literally: per key point, full 2-D convolution with reflect borders, then the
+    """The authors' method literally (paper Sec. 4.2): per key point, full 2-D convolution with reflect borders, then the
     linear-interpolation weight (masks built from Δ = kp[1] − kp[0], as the authors)."""
     diff = kp[1] - kp[0]
     out = np.zeros((2,) + layer.shape)

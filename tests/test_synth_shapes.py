@@ -1,4 +1,4 @@
-"""Basic-shape scenes, PSF, noise and ground-truth maps (SPEC §1, §5)."""
+"""Basic-shape scenes, PSF, noise and ground-truth maps (paper Secs. 3.1 and 4.2)."""
 from collections import deque
 
 import numpy as np
@@ -74,7 +74,7 @@ def _fit_edge(profile, x):
 
 @pytest.mark.parametrize("z", [0.75, 1.18, 0.95])
 def test_straight_edge_has_the_blur_of_eq3_in_each_image(z):
-    """A vertical edge at depth z: an erf fit of each image's profile gives σ_px(z, ρ_i) (SPEC §1)."""
+    """A vertical edge at depth z: an erf fit of each image's profile gives σ_px(z, ρ_i) (paper Sec. 3.1)."""
     cam = CameraParams()
     cfg = ShapeSceneConfig(img_size=(147, 147), camera=cam)
     z = float(np.float32(z))

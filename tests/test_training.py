@@ -1,4 +1,4 @@
-"""Training machinery (SPEC §6): every stage's loss falls when it overfits one fixed batch, a run
+"""Training machinery (paper Sec. 3.4): every stage's loss falls when it overfits one fixed batch, a run
 stopped and resumed gives the same loss curve as an uninterrupted one, checkpoints and best
 weights record what they need, bf16 stays within its tolerance. CPU only, tiny synthetic data in
 the datasets' format (channel-last float32 images), built here so the tests do not depend on the

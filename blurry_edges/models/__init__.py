@@ -1,4 +1,4 @@
-"""Networks of Blurry-Edges (SPEC §3), weight-compatible with the authors' released files.
+"""Networks of Blurry-Edges (paper Sec. 3.3), weight-compatible with the authors' released files.
 
 * :class:`LocalStage`  – residual CNN, one patch ``[N, 3, R, R]`` → Ψ ``[N, 10]``.
 

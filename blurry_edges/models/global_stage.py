@@ -1,4 +1,4 @@
-"""Global stage: a Transformer encoder that refines all patches of an image pair jointly (SPEC §3).
+"""Global stage: a Transformer encoder that refines all patches of an image pair jointly (paper Sec. 3.3).
 
 Every patch position of the ``rows × cols`` grid (``H' × W'`` in the paper) is one token, flattened
 row-major (token ``t = r·cols + c``). Each token carries the local-stage estimates of *both*
@@ -77,7 +77,7 @@ def positional_encoding_at(origin: torch.Tensor, rows: int, cols: int, d_model: 
 
 
 class GlobalStage(nn.Module):
-    """Transformer encoder over all patch tokens of an image pair (paper §3.4, SPEC §3).
+    """Transformer encoder over all patch tokens of an image pair (paper Sec. 3.3).
 
     ``in_src_projection`` (linear 38→d) → add the fixed 2-D positional encoding → ``encoder``
     (``num_layers`` post-norm, ReLU, batch-first ``nn.TransformerEncoderLayer`` s and a final

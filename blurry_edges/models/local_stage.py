@@ -1,4 +1,4 @@
-"""Local stage: a residual CNN that predicts Blurry-Edges parameters Ψ for one patch (SPEC §3).
+"""Local stage: a residual CNN that predicts Blurry-Edges parameters Ψ for one patch (paper Sec. 3.3).
 
 The network sees a single noisy image patch ``[N, 3, R, R]`` and returns ten raw numbers per patch,
 in this order::
@@ -65,7 +65,7 @@ class ResidualBlock(nn.Module):
 
 
 class LocalStage(nn.Module):
-    """Residual CNN mapping one image patch to its Blurry-Edges parameters (paper §3.3, SPEC §3).
+    """Residual CNN mapping one image patch to its Blurry-Edges parameters (paper Sec. 3.3).
 
     Layout (state-dict names in brackets)::
 

@@ -1,4 +1,4 @@
-"""Depth-completion U-Net ("Ours-PP", SPEC §3): densifies the sparse global depth map.
+"""Depth-completion U-Net ("Ours-PP", paper Sec. 4.4, Table 3): densifies the sparse global depth map.
 
 A standard U-Net with 64-128-256-512-1024 channels, max-pool down-sampling and transposed-conv
 up-sampling. State-dict names (``inc``, ``down1..4.maxpool_conv``, ``up1..4.up`` / ``.conv``,

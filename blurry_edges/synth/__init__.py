@@ -1,4 +1,4 @@
-"""Synthetic data: basic-shape training scenes and realistic test scenes (SPEC §5).
+"""Synthetic data: basic-shape training scenes and realistic test scenes (paper Sec. 4.2).
 
 Modules: ``psf`` (Gaussian PSF, separable blurring), ``noise`` (Eq. 23), ``shapes`` (training
 scenes, ground truth, patches), ``realistic`` (layered test-scene rendering), ``sources`` (MS-COCO,

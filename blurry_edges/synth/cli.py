@@ -1,4 +1,5 @@
-"""Command lines of ``train_val_data_generator.py`` and ``test_data_generator.py`` (SPEC §8).
+"""Command lines of ``train_val_data_generator.py`` and ``test_data_generator.py``
+(README "The pipeline, script by script").
 
 The authors' option names and defaults, plus ``--seed``, ``--workers``, ``--save_png N``,
 ``--overwrite`` (and ``--source``, ``--big``, ``--n_interval`` for the test set). The authors'
@@ -74,7 +75,7 @@ def build_camera(args) -> CameraParams:
 def train_val_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train_val_data_generator.py",
                                 description="Generate the basic-shape training and validation sets and their "
-                                            "local-stage patches (Blurry-Edges, SPEC §5).")
+                                            "local-stage patches (Blurry-Edges, paper Sec. 4.2).")
     _common(p)
     g = p.add_argument_group("data set")
     g.add_argument("--data_path", type=str, default="./data/data_train_val", help="output folder (patches in <data_path>/patches)")
@@ -88,7 +89,7 @@ def train_val_parser() -> argparse.ArgumentParser:
 def test_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="test_data_generator.py",
                                 description="Generate the realistic test set: a textured object over a background "
-                                            "on tilted planes (Blurry-Edges, SPEC §5).")
+                                            "on tilted planes (Blurry-Edges, paper Sec. 4.2).")
     _common(p)
     g = p.add_argument_group("data set")
     g.add_argument("--data_path", type=str, default=None,

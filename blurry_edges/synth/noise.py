@@ -1,4 +1,4 @@
-"""Photon-limited sensor noise (paper Eq. 23, SPEC §5).
+"""Photon-limited sensor noise (paper Eq. 23, Sec. 4.2).
 
 ``I = Poisson(α · clean / 255) + N(0, σ²)``, clipped to ``[0, α]`` and rounded: a photon count.
 The networks see ``I / α``. α (the mean photon count of a white pixel) is drawn per scene.

@@ -1,4 +1,4 @@
-"""Gaussian defocus PSF and fast, exact blurring (SPEC §1, §5).
+"""Gaussian defocus PSF and fast, exact blurring (paper Secs. 3.1 and 4.2).
 
 The authors blur with a 2-D Gaussian kernel truncated at ``k = ceil(3σ)`` pixels on each side,
 normalized to sum 1, applied by direct 2-D convolution with half-sample-symmetric ("reflect",

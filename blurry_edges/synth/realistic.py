@@ -1,4 +1,4 @@
-"""Realistic test scenes: a textured background and a segmented object on tilted planes (SPEC §5).
+"""Realistic test scenes: a textured background and a segmented object on tilted planes (paper Sec. 4.2).
 
 Each layer (background painting, foreground object) lies on a plane tilted in a random direction.
 Normalized depths come from four sorted uniforms ``1 > b1 ≥ b2 ≥ f1 ≥ f2 > 0``: the background spans

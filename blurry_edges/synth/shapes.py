@@ -1,4 +1,4 @@
-"""Basic-shape training / validation scenes (SPEC §5, following the authors' generator).
+"""Basic-shape training / validation scenes (paper Sec. 4.2, following the authors' generator).
 
 A scene is a uniform background at ``Z_max`` and ``n ~ U{lo, …, hi−1}`` shapes (circle, rotated
 rectangle, triangle) with random 8-bit colors and depths ``U(Z_min, Z_max)``, painted far to near.

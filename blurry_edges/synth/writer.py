@@ -1,4 +1,4 @@
-"""Streaming, crash-safe writing of a dataset folder (SPEC §5 data; DESIGN "streamed, not held whole").
+"""Streaming, crash-safe writing of a dataset folder (the data of paper Sec. 4.2, streamed, never held whole).
 
 * Arrays are written scene by scene into ``.npy`` files whose header already states the final shape
   (``NpyWriter``), so nothing is held whole in memory and plain file writes keep the resident set
