@@ -59,16 +59,12 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention_dropout", type=float, default=0.1,
                    help="dropout on the attention weights (paper: 0.1); 0 lets PyTorch use memory-efficient "
                         "attention (CPU recipe: ~1.6× faster per step, no T×T maps kept for backward)")
-    p.add_argument("--input_size", type=int, default=38, help="input features per token (fixed: 2 × 19)")
-    p.add_argument("--output_size", type=int, default=12, help="outputs per token (fixed: 12)")
     p.add_argument("--densify", type=str, default=None, choices=["w"],
                    help="'w': train the dense W variant (our design) instead of the sparse global stage")
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these global-stage weights (e.g. the sparse ones, to fine-tune the W variant)")
     add_runtime_args(p, seed=1898, deterministic=True)
     args = p.parse_args(argv)
-    if (args.input_size, args.output_size) != (38, 12):
-        p.error("--input_size must be 38 and --output_size 12 (the token layout of the global stage, paper Sec. 3.3)")
     check_training_outputs(p, args, ("exp_global_stage_w",) if args.densify == "w" else ("exp_global_stage",))
     return args
 

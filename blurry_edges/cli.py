@@ -175,9 +175,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
                         "earlier run, RUN_NAME_2, _3 … is used instead")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier run in LOG_PATH/RUN_NAME instead of a new folder")
-    p.add_argument("--batch_size", type=positive_int, default=1,
-                   help="scenes are processed one at a time; this many 147×147 blocks share a "
-                        "global-stage forward pass" if big else "kept for compatibility: scenes are processed one at a time")
+    if big:
+        p.add_argument("--batch_size", type=positive_int, default=1,
+                       help="scenes are processed one at a time; this many 147×147 blocks share a "
+                            "global-stage forward pass")
     p.add_argument("--crop", type=non_negative_int, default=10, help="pixels cropped on every side before the metrics")
     p.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     p.add_argument("--densify", type=densify_arg, default="none", nargs="?", const="none",

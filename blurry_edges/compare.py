@@ -100,7 +100,7 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
                     camera=camera, device=args.cuda, bf16=args.bf16, rho_prime=args.rho_prime,
                     margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
                     global_weights=args.global_weights if mode != "w" else None, pp_weights=args.pp_weights,
-                    tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide)
+                    tile_batch=getattr(args, "batch_size", 1), dt_params=dt, dt_guide=args.dt_guide)
             pipeline.layout(*dataset.img_size, blocks=True if big else None)
         except FileNotFoundError as e:
             missing = str(e).split("\n")[0].split(". ")[0]

@@ -240,7 +240,7 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
                 device=args.cuda, bf16=args.bf16, rho_prime=args.rho_prime,
                 margin=getattr(args, "n_margin_patch", 10), local_weights=args.local_weights,
                 global_weights=args.global_weights, pp_weights=args.pp_weights,
-                tile_batch=max(1, args.batch_size), dt_params=dt, dt_guide=args.dt_guide, log=print)
+                tile_batch=getattr(args, "batch_size", 1), dt_params=dt, dt_guide=args.dt_guide, log=print)
             gkey = "global_w" if args.densify == "w" else "global"
             trained = pipeline.weights_meta.get(gkey, {}).get("img_size")
             if not big and args.img_size is None and trained is not None and list(trained) != [H, W]:

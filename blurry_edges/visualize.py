@@ -4,7 +4,7 @@
   sharpened and refocused color maps, confidence and boundary maps, ground-truth and estimated
   depth sharing one color bar in cm (pixels without an estimate drawn black).
 * :func:`depth_to_color_png`: a depth map as a colored PNG with a scale bar in cm.
-* :func:`colorize_depth`, :func:`save_rgb_png`, :func:`save_gray_png`: plain 8-bit images.
+* :func:`save_rgb_png`, :func:`save_gray_png`: plain 8-bit images.
 
 Images are given channel-last ``[H, W, 3]`` or channel-first ``[3, H, W]`` (NumPy or torch), with
 colors in [0, 1]; depth maps are ``[H, W]`` in metres with 0 meaning "no estimate".
@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["DEPTH_CMAP", "colorize_depth", "depth_to_color_png", "save_scene_figure", "save_rgb_png",
+__all__ = ["DEPTH_CMAP", "depth_to_color_png", "save_scene_figure", "save_rgb_png",
            "save_gray_png", "to_hwc"]
 
 #: Colormap of depth maps (near = blue … far = red), like the authors' rainbow figures.
@@ -53,15 +53,6 @@ def _cmap(name: str = DEPTH_CMAP):
 def _masked_cm(depth: np.ndarray) -> np.ma.MaskedArray:
     """Depth in cm, masked where there is no estimate (≤ 0 or not finite)."""
     return np.ma.masked_where(~(np.isfinite(depth) & (depth > 0)), depth * 100.0)
-
-
-def colorize_depth(depth: Any, z_min: float, z_max: float) -> np.ndarray:
-    """``[H, W]`` metres → uint8 RGB ``[H, W, 3]`` over ``[z_min, z_max]``, black where there is no estimate."""
-    d = _as_map(depth)
-    t = np.clip((np.nan_to_num(d) - z_min) / (z_max - z_min), 0.0, 1.0)
-    rgb = matplotlib.colormaps[DEPTH_CMAP](t)[..., :3]
-    rgb[~(np.isfinite(d) & (d > 0))] = 0.0
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
 def _dpi_for(h: int, w: int, panel_inches: float) -> int:

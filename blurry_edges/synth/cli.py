@@ -28,8 +28,6 @@ _REAL = RealisticConfig()
 
 def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("the authors' common options")
-    g.add_argument("--cuda", type=str, default="cuda:0", help="accepted for compatibility; data generation runs on the CPU")
-    g.add_argument("--model_path", type=str, default="./pretrained_weights", help="unused here (compatibility)")
     g.add_argument("--img_size", type=int, nargs=2, default=list(_SHAPE.img_size), metavar=("H", "W"), help="image size")
     g.add_argument("--big_img_size", type=int, nargs=2, default=[587, 587], metavar=("H", "W"), help="big image size (with --big)")
     g.add_argument("--R", type=int, default=_SHAPE.R, help="patch size")

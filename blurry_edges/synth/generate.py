@@ -357,7 +357,7 @@ def generate_train_val(cfg: ShapeSceneConfig, data_path, num_sample_train: int, 
 # ------------------------------------------------------------------------------------- test
 
 
-def test_bytes(cfg: RealisticConfig, n: int) -> int:
+def test_set_bytes(cfg: RealisticConfig, n: int) -> int:
     H, W = cfg.img_size
     return n * (N_IMAGES * H * W * 3 * (np.dtype(cfg.counts_dtype).itemsize + 1) + 4 * H * W + 4)
 
@@ -390,7 +390,7 @@ def generate_test(cfg: RealisticConfig, data_path, num_sample_test: int, source:
     workers = resolve_workers(workers)
     data_path = Path(data_path)
     check_destination(data_path, overwrite)
-    check_free_space(data_path, test_bytes(cfg, n))
+    check_free_space(data_path, test_set_bytes(cfg, n))
     src, resolved = make_source(source, frgd_path, bkgd_path, cfg.img_size)
     if source == "auto":
         log(f"--source auto: using {'MS-COCO objects over paintings' if resolved == 'coco' else 'the built-in scikit-image textures (no MS-COCO / paintings found at ' + str(frgd_path) + ', ' + str(bkgd_path) + ')'}")
