@@ -28,15 +28,11 @@ from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, reso
 from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script, settings_from_weights
 from blurry_edges.train import GlobalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
-GAMMA_DEFAULTS = {
-    "color": ([1.0, 0.1, 0.1], "color error"),
-    "color_cons": ([0.2, 0.1, 0.05], "color consistency error"),
-    "bndry_cons": ([0.05, 0.05, 0.02], "boundary consistency error"),
-    "smthns": ([0.005, 0.1, 0.002], "smoothness error"),
-    "smthns_cons": ([0.005, 0.1, 0.002], "smoothness consistency error"),
-    "bndry_loc": ([0.0001, 0.05, 0.0001], "boundary localization error"),
-    "depth": ([0.0001, 0.05, 0.5], "depth error"),
-}
+#: What each γ weights (the defaults come from ``losses.GlobalSchedule``).
+GAMMA_TERMS = {"color": "color error", "color_cons": "color consistency error",
+               "bndry_cons": "boundary consistency error", "smthns": "smoothness error",
+               "smthns_cons": "smoothness consistency error", "bndry_loc": "boundary localization error",
+               "depth": "depth error"}
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -48,11 +44,12 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epoch_num", type=int, default=350, help="number of epochs")
     p.add_argument("--learning_rate", type=float, default=1e-4, help="initial learning rate")
     p.add_argument("--batch_size", type=int, default=8, help="batch size (global, over all processes)")
+    paper = GlobalSchedule()
     for name in GAMMA_NAMES:
-        default, what = GAMMA_DEFAULTS[name]
-        p.add_argument(f"--gamma_{name}", type=float, nargs=3, default=default,
-                       help=f"weights for the {what} (start, after the first ramp, final)")
-    p.add_argument("--dynamic_epoch", type=float, nargs=3, default=[30, 100, 200], help="key epochs of the γ schedule")
+        p.add_argument(f"--gamma_{name}", type=float, nargs=3, default=list(getattr(paper, f"gamma_{name}")),
+                       help=f"weights for the {GAMMA_TERMS[name]} (start, after the first ramp, final)")
+    p.add_argument("--dynamic_epoch", type=float, nargs=3, default=list(paper.dynamic_epoch),
+                   help="key epochs of the γ schedule")
     p.add_argument("--compress_schedule", action="store_true",
                    help="CPU recipe: scale the key epochs by epoch_num/350 and advance the γ weights every step, "
                         "so the paper's three phases fit a short run (README 'Training on a CPU')")

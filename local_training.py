@@ -28,9 +28,11 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epoch_num", type=int, default=1000, help="number of epochs")
     p.add_argument("--learning_rate", type=float, default=6e-5, help="initial learning rate")
     p.add_argument("--batch_size", type=int, default=64, help="batch size (global, over all processes)")
-    p.add_argument("--beta_bndry_loc", type=float, default=0.001, help="final weight of the boundary localization term")
-    p.add_argument("--beta_smthns", type=float, default=0.0005, help="final weight of the smoothness term")
-    p.add_argument("--dynamic_epoch", type=int, default=200, help="epochs over which the β weights ramp up")
+    paper = LocalSchedule()                                   # the defaults: the authors' β schedule
+    p.add_argument("--beta_bndry_loc", type=float, default=paper.beta_bndry_loc,
+                   help="final weight of the boundary localization term")
+    p.add_argument("--beta_smthns", type=float, default=paper.beta_smthns, help="final weight of the smoothness term")
+    p.add_argument("--dynamic_epoch", type=int, default=paper.dynamic_epoch, help="epochs over which the β weights ramp up")
     add_runtime_args(p, seed=1869, deterministic=False)
     args = p.parse_args(argv)
     check_training_outputs(p, args, ("exp_local_stage",))

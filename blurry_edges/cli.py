@@ -57,10 +57,24 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministi
     g.add_argument("--no_progress", dest="progress", action="store_false", help="hide the tqdm bars")
 
 
+DEVICE_HELP = "device: 'cuda', 'cuda:N' or 'cpu' (default: CUDA when available, else the CPU)"
+
+
+def add_device_argument(parser, *names: str, dest: str = "cuda") -> None:
+    """The one device option: ``--cuda`` (the authors' name; ``names`` add aliases such as
+    ``--device``). Its default ``None`` means "CUDA when available"; :func:`device_from_args`
+    (``train.parse_device``) turns the value into a ``torch.device`` with an explained error."""
+    parser.add_argument(*(names or ("--cuda",)), dest=dest, type=str, default=None, help=DEVICE_HELP)
+
+
+def device_from_args(value: "str | None") -> torch.device:
+    """``--cuda``/``--device`` → ``torch.device`` (``None``: CUDA when available, else the CPU)."""
+    return parse_device(value)
+
+
 def add_basic_args(parser: argparse.ArgumentParser) -> None:
     """The authors' basic options shared by every script (device, weights folder, sizes, camera)."""
-    parser.add_argument("--cuda", type=str, default=None,
-                        help="device: 'cuda', 'cuda:N' or 'cpu' (default: CUDA when available)")
+    add_device_argument(parser)
     parser.add_argument("--model_path", type=str, default="./pretrained_weights", help="path of model weights")
     from .runs import add_version_argument
     parser.add_argument("--img_size", type=positive_int, nargs=2, default=None,
@@ -144,15 +158,10 @@ def densify_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> None:
     """The options of ``blurry_edges_test.py`` (``big=False``) and ``blurry_edges_test_big.py``."""
     p = parser
-    p.add_argument("--cuda", type=str, default=default_device(),
-                   help="device, e.g. cuda, cuda:0 or cpu (default: cuda if available, else cpu)")
+    add_device_argument(p)
     p.add_argument("--model_path", type=str, default="./pretrained_weights",
                    help="folder with the weight files: freshly trained best_run_exp_*.pth, else the authors' names")
     p.add_argument("--img_size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),

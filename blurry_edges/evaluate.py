@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .camera import CameraParams
-from .cli import add_eval_arguments, camera_from_args, camera_given, focal_track_from_args
+from .cli import add_eval_arguments, camera_from_args, camera_given, device_from_args, focal_track_from_args
 from .densify import DTParams
 from .metrics import METRIC_NAMES, average_metrics, eval_depth
 from .pipeline import DepthPipeline, build_pipeline
@@ -174,7 +174,7 @@ def default_run_name(args: argparse.Namespace, big: bool) -> str:
 def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> int:
     """Entry point of ``blurry_edges_test.py`` / ``blurry_edges_test_big.py``; returns an exit code."""
     from .data import TestSceneDataset
-    from .runs import OutputLocationError, add_version_argument, check_output_dir, fresh_run_dir
+    from .runs import add_version_argument, check_output_dir, fresh_run_dir
 
     parser = argparse.ArgumentParser(
         description=("Blurry-Edges evaluation on large images through 147×147 blocks with margins" if big else
@@ -183,8 +183,9 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
     add_version_argument(parser)
     args = parser.parse_args(argv)
     try:
+        args.cuda = str(device_from_args(args.cuda))
         check_output_dir(args.log_path, "--log_path")
-    except OutputLocationError as e:
+    except ValueError as e:                         # an unknown device or an unusable output location
         parser.error(str(e))
     try:
         dataset = TestSceneDataset(args.data_path)

@@ -27,8 +27,8 @@ from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
 from .runs import (OutputLocationError, add_version_argument, check_output_dir, non_negative_int, positive_int,
                    provenance)
-from .cli import (add_camera_arguments, add_method_arguments, camera_from_args, default_device, densify_arg,
-                  focal_track_from_args)
+from .cli import (add_camera_arguments, add_device_argument, add_method_arguments, camera_from_args, densify_arg,
+                  device_from_args, focal_track_from_args)
 from .pipeline import RHO_PRIME, DepthPipeline, build_pipeline
 
 __all__ = ["check_camera", "valid_size", "prepare_pair", "out_of_range_mask", "write_outputs", "main"]
@@ -189,8 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block size the global stage works on (default: the global weights' image size, else 147)")
     m.add_argument("--n_margin_patch", type=non_negative_int, default=10, help="margin patches dropped at inner block borders")
     m.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
-    m.add_argument("--device", "--cuda", dest="device", default=default_device(),
-                   help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_device_argument(m, "--device", "--cuda", dest="device")
     m.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
     m.add_argument("--tile_batch", type=positive_int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
     add_method_arguments(p, compare=False)
@@ -201,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        args.device = str(device_from_args(args.device))
+    except ValueError as e:
+        parser.error(str(e))
     try:                                           # every output location, before any work
         out_dir = check_output_dir(args.out, "--out")
         if (out_dir / "settings.json").is_file() and not args.overwrite:

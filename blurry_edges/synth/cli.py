@@ -31,12 +31,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--img_size", type=int, nargs=2, default=list(_SHAPE.img_size), metavar=("H", "W"), help="image size")
     g.add_argument("--big_img_size", type=int, nargs=2, default=[587, 587], metavar=("H", "W"), help="big image size (with --big)")
     g.add_argument("--R", type=int, default=_SHAPE.R, help="patch size")
-    g.add_argument("--cam_params", type=str, default=None,
-                   help="camera as a JSON object or JSON file, keys s, rho_1, rho_2, sigma_cam, pixel_pitch "
+    g.add_argument("--cam_params", "--camera", dest="cam_params", type=str, default=None,
+                   help="camera as a JSON object or JSON file (--camera: the other scripts' name), keys s, rho_1, "
+                        "rho_2, sigma_cam, pixel_pitch "
                         f"(default {json.dumps({k: v for k, v in _DEFAULT_CAM.to_dict().items() if k not in ('mag', 'z_min', 'z_max')})})")
     g.add_argument("--mag", type=float, default=_DEFAULT_CAM.mag, help="magnification (down-sampling) factor")
     g.add_argument("--Z_range", type=float, nargs=2, default=[_DEFAULT_CAM.z_min, _DEFAULT_CAM.z_max],
                    metavar=("LO", "HI"), help="distance between the objects and the camera (m)")
+    g.add_argument("--z_min", type=float, default=None, help="nearest distance (m): the other scripts' spelling of LO")
+    g.add_argument("--z_max", type=float, default=None, help="farthest distance (m): the other scripts' spelling of HI")
+    for name in ("s", "rho_1", "rho_2", "sigma_cam", "pixel_pitch"):
+        g.add_argument(f"--{name}", type=float, default=None,
+                       help=f"camera field {name}, as in the other scripts (overrides --cam_params)")
     g.add_argument("--alpha", type=float, nargs=2, default=list(_SHAPE.alpha), metavar=("LO", "HI"),
                    help="range of the photon level α (mean photon count of a white pixel)")
     g.add_argument("--sigma", type=float, default=_SHAPE.sigma, help="read noise (photons)")
@@ -50,8 +56,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_camera(args) -> CameraParams:
-    """Camera from ``--cam_params``, ``--mag`` and ``--Z_range`` (raises ``ValueError`` with the option)."""
+    """Camera from ``--cam_params``/``--camera``, the per-field flags, ``--mag`` and ``--Z_range`` (or
+    ``--z_min``/``--z_max``); raises ``ValueError`` naming the option."""
     lo, hi = args.Z_range
+    lo = lo if getattr(args, "z_min", None) is None else args.z_min
+    hi = hi if getattr(args, "z_max", None) is None else args.z_max
     if not (0 < lo < hi):
         raise ValueError(f"--Z_range {lo} {hi}: need 0 < lo < hi (nearest, then farthest distance in metres)")
     values = _DEFAULT_CAM.to_dict()
@@ -66,6 +75,9 @@ def build_camera(args) -> CameraParams:
         if not isinstance(given, dict):
             raise ValueError("--cam_params: give a JSON object such as {\"s\": 0.1104, \"rho_1\": 10.0}")
         values.update(given)
+    for name in ("s", "rho_1", "rho_2", "sigma_cam", "pixel_pitch"):
+        if getattr(args, name, None) is not None:
+            values[name] = float(getattr(args, name))
     values.update(mag=args.mag, z_min=lo, z_max=hi)
     return CameraParams.from_dict(values)
 
