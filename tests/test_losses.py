@@ -13,8 +13,7 @@ from blurry_edges.camera import CameraParams
 from blurry_edges.losses import (GAMMA_NAMES, GlobalLoss, GlobalSchedule, LocalLoss, LocalSchedule,
                                  depth_completion_loss, ramp_rate)
 from blurry_edges.patches import PatchGrid
-from blurry_edges.wedges import (WedgeRenderer, decode_global, decode_local, eta_from_logit, ridge_colors,
-                                 u_maps, wedge_distances)
+from blurry_edges.wedges import WedgeRenderer, wedge_distances
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,6 +82,52 @@ def test_global_schedule_phases_and_validation():
 
 
 # ----------------------------------------------------------------------------- local loss
+# ----------------------------------------------------------------------------- the reference's own pieces
+# Written from the paper's equations, not with the library's decoder, α-maps or color fit, so that the
+# reference can disagree with them. Shared with the library: the signed wedge distances (checked on
+# known wedges in test_wedges.py) and depth from η (Eq. 7, checked in test_camera.py).
+def _eta_ref(e):
+    """η = 10^(2·erf(e) − 2)."""
+    return 10.0 ** (2.0 * torch.erf(e) - 2.0)
+
+
+def _decode_local_ref(raw):
+    """Local output [..., 10] → geometry [..., 8] (angles in [0, 2π)) and η [..., 2]."""
+    angles = raw[..., 4:8] - 2 * math.pi * torch.floor(raw[..., 4:8] / (2 * math.pi))
+    return torch.cat([raw[..., :4], angles], -1), _eta_ref(raw[..., 8:10])
+
+
+def _decode_global_ref(raw):
+    """Global output [..., 12] → geometry [..., 8] and η [..., 2 (image), 2 (wedge)]."""
+    angles = (raw[..., 4:8] + 1.0) * math.pi
+    angles = angles - 2 * math.pi * torch.floor(angles / (2 * math.pi))
+    eta = _eta_ref(raw[..., 8:12] + 0.5)
+    return torch.cat([raw[..., :4] * 3.0, angles], -1), torch.stack([eta[..., 0:2], eta[..., 2:4]], -2)
+
+
+def _u_ref(d, eta):
+    """Collective α-maps (Eqs. 11–12) for l = 2 wedges: d [..., 2, R, R], η [..., 2] → [..., 3, R, R]
+    (layer 0 the background, wedge 2 in front)."""
+    alphas = [torch.ones_like(d[..., 0, :, :])]                         # α_0 = 1: the background
+    for i in range(2):
+        alphas.append(0.5 * (1 + torch.erf(d[..., i, :, :] / (math.sqrt(2) * eta[..., i, None, None]))))
+    out = []
+    for i in range(3):
+        a = alphas[i]
+        for j in range(i + 1, 3):
+            a = a * (1 - alphas[j])
+        out.append(a)
+    return torch.stack(out, -3)
+
+
+def _ridge_ref(u, y, lam, pixel_dims=2):
+    """Colors [..., C, K] minimizing Σ (y − Σ_k c_k u_k)² + λ Σ c² (Eq. 14), by a linear solve."""
+    A = u.flatten(-pixel_dims).transpose(-1, -2)                        # [..., M, K]
+    Y = y.flatten(-pixel_dims).transpose(-1, -2)                        # [..., M, C]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype)
+    return torch.linalg.solve(A.transpose(-1, -2) @ A + lam * eye, A.transpose(-1, -2) @ Y).transpose(-1, -2)
+
+
 def _sobel_ref(img):
     """Sobel magnitude by conv2d with Eq. 13's kernels (independent of wedges.sobel_magnitude)."""
     c = img.shape[-3]
@@ -108,10 +153,10 @@ def test_local_loss_matches_reference():
     got = LocalLoss(r)(raw, noisy, clean, dist, deri, w)
 
     # reference: colors on `noisy`, Eq. 9 boundary map written out
-    geom, e = decode_local(raw)
+    geom, eta = _decode_local_ref(raw)
     d = wedge_distances(geom, R)
-    u = u_maps(d, eta_from_logit(e))
-    col = ridge_colors(u, noisy, (0.005 * R * R) ** 2)
+    u = _u_ref(d, eta)
+    col = _ridge_ref(u, noisy, (0.005 * R * R) ** 2)
     patch = torch.einsum("bkhw,bck->bchw", u, col)
     d1, d2 = d[:, 0], d[:, 1]
     vis = torch.where(d2 >= 0, d2, torch.minimum(d1.abs(), d2.abs()))
@@ -131,12 +176,12 @@ def _global_reference(raw, fit, clean, dist, deri, target, w, R, S, variant, cam
     fold = lambda x: F.fold(x, (H, W), R, stride=S)                              # noqa: E731
     count = fold(torch.ones(1, R * R, Hp * Wp, dtype=raw.dtype))                 # [1, 1, H, W]
 
-    geom, eta = decode_global(raw)                          # [B, P, 8], [B, P, 2 img, 2 wedge]
+    geom, eta = _decode_global_ref(raw)                     # [B, P, 8], [B, P, 2 img, 2 wedge]
     d = wedge_distances(geom, R)                            # [B, P, 2, R, R]
-    u = torch.stack([u_maps(d, eta[:, :, i]) for i in range(2)], 2)             # [B, P, 2, 3, R, R]
+    u = torch.stack([_u_ref(d, eta[:, :, i]) for i in range(2)], 2)             # [B, P, 2, 3, R, R]
     cut = lambda x: unf(x.flatten(0, 1), R).view(B, 2, 3, R, R, Hp * Wp)       # noqa: E731
     fit_p = cut(fit).permute(0, 5, 1, 2, 3, 4)              # [B, P, 2, 3, R, R]
-    col = ridge_colors(u.transpose(2, 3), fit_p.transpose(2, 3), (0.005 * R * R) ** 2, n_pixel_dims=3)
+    col = _ridge_ref(u.transpose(2, 3), fit_p.transpose(2, 3), (0.005 * R * R) ** 2, pixel_dims=3)
     patches = torch.einsum("bpikhw,bpck->bpichw", u, col).permute(0, 2, 3, 4, 5, 1)   # [B,2,3,R,R,P]
     d1, d2 = d[:, :, 0], d[:, :, 1]
     vis = torch.where(d2 >= 0, d2, torch.minimum(d1.abs(), d2.abs()))

@@ -15,14 +15,15 @@ def _geom(n, gen, dtype=torch.float32):
     return torch.cat([xy, ang], dim=-1)
 
 
-def test_u_maps_are_a_partition_of_unity():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_u_maps_are_a_partition_of_unity(dtype):
     g = torch.Generator().manual_seed(0)
-    geom = _geom(16, g).view(2, 8, 8)              # any leading dims
-    eta = 0.01 + torch.rand(2, 8, 2, generator=g)
+    geom = _geom(16, g, dtype).view(2, 8, 8)       # any leading dims
+    eta = 0.01 + torch.rand(2, 8, 2, generator=g, dtype=dtype)
     u = u_maps(wedge_distances(geom, 11), eta)
-    assert u.shape == (2, 8, 3, 11, 11)
+    assert u.shape == (2, 8, 3, 11, 11) and u.dtype == dtype
     assert (u >= 0).all() and (u <= 1).all()
-    assert torch.allclose(u.sum(-3), torch.ones(()), atol=1e-6)
+    assert torch.allclose(u.sum(-3), torch.ones((), dtype=dtype), atol=1e-6 if dtype == torch.float32 else 1e-12)
 
 
 def test_distances_signs_for_a_known_wedge():
@@ -82,19 +83,21 @@ def test_ridge_colors_recovered_from_noisy_render():
     assert torch.allclose(colors[0], ref, atol=1e-4)
 
 
-def test_joint_color_fit_over_a_pair():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_joint_color_fit_over_a_pair(dtype):
     R = 15
     r = WedgeRenderer(R)
     g = torch.Generator().manual_seed(5)
-    geom = torch.tensor([[-0.2, 0.1, 0.3, -0.2, 0.3, 2.6, 4.0, 2.2]] * 2)
-    eta = torch.tensor([[[0.05, 0.08], [0.2, 0.3]]] * 2)
-    true = torch.rand(2, 3, 3, generator=g)
+    geom = torch.tensor([[-0.2, 0.1, 0.3, -0.2, 0.3, 2.6, 4.0, 2.2]] * 2, dtype=dtype)
+    eta = torch.tensor([[[0.05, 0.08], [0.2, 0.3]]] * 2, dtype=dtype)
+    true = torch.rand(2, 3, 3, generator=g, dtype=dtype)
     u = u_maps(r.distances(geom).unsqueeze(-4), eta)            # [2, 2, 3, R, R]
     fit = render(u, true.unsqueeze(-3))
     out = r.render_pair(geom, eta, fit)
     assert out.patches.shape == (2, 2, 3, R, R) and out.colors.shape == (2, 3, 3)
     assert torch.allclose(out.patches, fit, atol=0.02)
     assert out.depth.shape == (2, R, R) and out.wedge_depth.shape == (2, 2)
+    assert out.patches.dtype == out.colors.dtype == out.depth.dtype == dtype
 
 
 def test_gradcheck_float64():
@@ -152,6 +155,31 @@ def test_ownership_masks():
     assert w[10, col(0.9)] == 2 and w[10, col(0.0)] == 1 and w[10, col(-0.9)] == 0
     with pytest.raises(ValueError, match="variant"):
         ownership_mask(d, "dense")
+
+
+def test_gradcheck_sobel_magnitude():
+    g = torch.Generator().manual_seed(6)
+    img = torch.rand(2, 3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(sobel_magnitude, (img,), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_ridge_colors():
+    g = torch.Generator().manual_seed(7)
+    u = torch.softmax(torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64), dim=-3).requires_grad_()
+    y = torch.rand(2, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u, y: ridge_colors(u, y, 0.05), (u, y), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_depth_from_eta():
+    """Depth from the pair's η (Eq. 7). The feasible-region projection is left out: noise-free pairs
+    sit on its border, where it has a kink."""
+    cam, R = CameraParams(), 21
+    z = torch.tensor([0.8, 0.95, 1.1], dtype=torch.float64)
+    eta1 = cam.refocus_eta(z, cam.rho_1, R).detach().requires_grad_()
+    eta2 = cam.refocus_eta(z, cam.rho_2, R).detach().requires_grad_()
+    torch.testing.assert_close(cam.depth_from_etas(eta1, eta2, R, project=False), z, rtol=1e-6, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda a, b: cam.depth_from_etas(a, b, R, project=False), (eta1, eta2),
+                                    eps=1e-7, atol=1e-6, rtol=1e-4)
 
 
 def test_sobel_matches_conv2d():
