@@ -30,7 +30,8 @@ from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights
 from blurry_edges.patches import PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
                                run_script, settings_from_weights)
-from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, resolve_camera, resolve_setting
+from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
+                              resolve_camera, resolve_setting)
 from blurry_edges.features import global_depth_maps
 from blurry_edges.train import DepthCompletionTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 from blurry_edges.wedges import WedgeRenderer
@@ -40,11 +41,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the depth-completion U-Net of Ours-PP (our design).")
     add_basic_args(p)
     p.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
-    p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
-    p.add_argument("--log_path", type=str, default="./logs", help="path of logs")
-    p.add_argument("--epoch_num", type=int, default=100, help="number of epochs")
-    p.add_argument("--learning_rate", type=float, default=1e-4, help="initial learning rate")
-    p.add_argument("--batch_size", type=int, default=16, help="batch size (global, over all processes)")
+    add_training_args(p, data_path="./data/data_train_val", epochs=100, learning_rate=1e-4, batch_size=16)
     p.add_argument("--loss", type=str, default="l1", choices=["l1", "l2"], help="per-pixel loss")
     p.add_argument("--no_augment", dest="augment", action="store_false", help="no random flips")
     p.add_argument("--global_weights", type=str, default=None,
@@ -138,4 +135,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"))
+    sys.exit(run_script(main, TRAINING_INTERRUPTED))

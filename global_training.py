@@ -24,7 +24,8 @@ from pathlib import Path
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
-from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, resolve_camera, resolve_setting
+from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
+                              resolve_camera, resolve_setting)
 from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script, settings_from_weights
 from blurry_edges.train import GlobalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
@@ -39,11 +40,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the Blurry-Edges global stage (paper Sec. 3.4).")
     add_basic_args(p)
     p.add_argument("--stride", type=positive_int, default=None, help="patch stride (default: the pre-calculation's, else 2)")
-    p.add_argument("--data_path", type=str, default="./data/data_train_val", help="path of the scene dataset")
-    p.add_argument("--log_path", type=str, default="./logs", help="path of logs")
-    p.add_argument("--epoch_num", type=int, default=350, help="number of epochs")
-    p.add_argument("--learning_rate", type=float, default=1e-4, help="initial learning rate")
-    p.add_argument("--batch_size", type=int, default=8, help="batch size (global, over all processes)")
+    add_training_args(p, data_path="./data/data_train_val", epochs=350, learning_rate=1e-4, batch_size=8)
     paper = GlobalSchedule()
     for name in GAMMA_NAMES:
         p.add_argument(f"--gamma_{name}", type=float, nargs=3, default=list(getattr(paper, f"gamma_{name}")),
@@ -135,4 +132,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"))
+    sys.exit(run_script(main, TRAINING_INTERRUPTED))

@@ -16,18 +16,16 @@ import sys
 
 from blurry_edges.losses import LocalSchedule
 from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script
-from blurry_edges.cli import add_basic_args, add_runtime_args, loop_config, resolve_camera, resolve_setting
+from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
+                              resolve_camera, resolve_setting)
 from blurry_edges.train import LocalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the Blurry-Edges local stage (paper Sec. 3.4).")
     add_basic_args(p)
-    p.add_argument("--data_path", type=str, default="./data/data_train_val/patches", help="path of the patch dataset")
-    p.add_argument("--log_path", type=str, default="./logs", help="path of logs")
-    p.add_argument("--epoch_num", type=int, default=1000, help="number of epochs")
-    p.add_argument("--learning_rate", type=float, default=6e-5, help="initial learning rate")
-    p.add_argument("--batch_size", type=int, default=64, help="batch size (global, over all processes)")
+    add_training_args(p, data_path="./data/data_train_val/patches", epochs=1000, learning_rate=6e-5, batch_size=64,
+                      data_help="path of the patch dataset")
     paper = LocalSchedule()                                   # the defaults: the authors' β schedule
     p.add_argument("--beta_bndry_loc", type=float, default=paper.beta_bndry_loc,
                    help="final weight of the boundary localization term")
@@ -63,4 +61,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"))
+    sys.exit(run_script(main, TRAINING_INTERRUPTED))

@@ -27,6 +27,20 @@ from .train.loop import LoopConfig
 from .train.records import plain
 
 
+#: What a training script says when Ctrl-C stops it.
+TRAINING_INTERRUPTED = "interrupted: the checkpoint of the last finished epoch is kept; continue with --resume"
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, data_path: str, epochs: int, learning_rate: float,
+                      batch_size: int, data_help: str = "path of the scene dataset") -> None:
+    """The authors' options of every training script, with that script's defaults (paper Sec. 4.1)."""
+    parser.add_argument("--data_path", type=str, default=data_path, help=data_help)
+    parser.add_argument("--log_path", type=str, default="./logs", help="path of logs")
+    parser.add_argument("--epoch_num", type=int, default=epochs, help="number of epochs")
+    parser.add_argument("--learning_rate", type=float, default=learning_rate, help="initial learning rate")
+    parser.add_argument("--batch_size", type=int, default=batch_size, help="batch size (global, over all processes)")
+
+
 def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministic: bool) -> None:
     """Options shared by the training scripts beyond the authors' (device, resume, time, bf16 …)."""
     g = parser.add_argument_group("runtime (beyond the authors' options)")
