@@ -24,7 +24,7 @@ import torch
 
 from ..models.weights import atomic_torch_save
 
-CHECKPOINT_FORMAT = "blurry_edges.training/1"
+CHECKPOINT_FORMAT = "blurry_edges.training/1"      # the name of the format, kept so that earlier checkpoints resume
 
 
 def plain(value: Any) -> Any:
