@@ -108,20 +108,15 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
 
 
 def resolve_setting(name: str, given: Any, from_data: Any, default: Any, source: Any) -> Any:
-    """A size option (``R``, ``img_size``) from the command line, the data, or the default.
+    """A size option (``R``, ``stride``, ``img_size``) from the command line, the data, or the default.
 
     Omitted on the command line (``None``): the data's value, else ``default``. Given and different
-    from what the data was made with: an explained error.
+    from what the data was made with: an explained error. (One source of :func:`runs.agree`, which
+    also weighs the weights' records.)
     """
-    if from_data is None:
-        return default if given is None else given
-    if given is None:
-        return from_data
-    if plain(given) != plain(from_data):
-        shown = " ".join(map(str, from_data)) if isinstance(from_data, (list, tuple)) else from_data
-        raise ValueError(f"--{name} {given} was given, but the data in {source} was made with {name}={plain(from_data)}; "
-                         f"pass --{name} {shown} (or leave it out)")
-    return given
+    from .runs import agree
+
+    return agree(name, given, [(from_data, f"the data in {source}")], default)
 
 
 def resolve_camera(args: argparse.Namespace, *datasets: Any):
