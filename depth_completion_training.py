@@ -13,6 +13,9 @@
    MSE), random flips, AdamW (lr 1e-4), global batch 16, 100 epochs, gradient clip 1,
    ReduceLROnPlateau(0.5, patience 5). Best weights: ``<model_path>/best_run_exp_depth_completion_pp.pth``
    (load it as ``pretrained_depth_completion_pp.pth``).
+
+The model and its loss: ``blurry_edges.train.tasks.DepthCompletionTask``; the loop (epoch, step,
+validation, checkpoint): ``blurry_edges.train.loop.fit``.
 """
 from __future__ import annotations
 

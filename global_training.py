@@ -13,6 +13,9 @@ stepped from epoch ``dynamic_epoch[1]`` on. Best weights: ``<model_path>/best_ru
 
 W (``--densify w``): the same, with the dense ownership mask and a depth term against the
 per-pixel ground-truth depth; best weights ``best_run_exp_global_stage_w.pth``.
+
+The model and its loss: ``blurry_edges.train.tasks.GlobalTask``; the loop (epoch, step, validation,
+checkpoint): ``blurry_edges.train.loop.fit``.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ in over ``--dynamic_epoch`` epochs; colors fitted to the clean patch in training
 in validation; ReduceLROnPlateau with a growing patience. Writes the best-validation weights to
 ``<model_path>/best_run_exp_local_stage.pth``, the log ``<log_path>/exp_local_stage_training.txt``,
 the curve ``<log_path>/loss_curve_exp_local_stage.{npy,png}`` and a resumable checkpoint per epoch.
+
+The model and its loss: ``blurry_edges.train.tasks.LocalTask``; the loop (epoch, step, validation,
+checkpoint): ``blurry_edges.train.loop.fit``.
 """
 from __future__ import annotations
 
