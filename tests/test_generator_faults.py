@@ -19,14 +19,32 @@ REPO = Path(__file__).resolve().parents[1]
 CFG = ShapeSceneConfig(img_size=(48, 48), R=11, num_shape=(3, 6))
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_generators():
+    """Whatever a test does (a failed assertion, a time-out), no generator outlives it: the runs ask
+    for 200 000 scenes and would otherwise go on for an hour in the background."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _start(data: Path) -> subprocess.Popen:
     """The generator with two workers on a set far too large to finish, in its own process group
     (as a terminal's foreground job is); run from the repository root so workers import this code."""
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "train_val_data_generator.py", "--data_path", str(data), "--num_sample_train", "200000",
          "--num_sample_val", "10", "--img_size", "48", "48", "--R", "11", "--workers", "2", "--quiet"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    _STARTED.append(proc)
+    return proc
 
 
 def _wait_for_scenes(data: Path, proc: subprocess.Popen) -> Path:
