@@ -59,8 +59,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     p.add_argument("--cpu_minutes", type=float, default=None,
                    help="CPU minutes spent (default: the training's minutes × processes from its meta)")
     p.add_argument("--samples_seen", type=int, default=None, help="override the samples seen (default: from the meta)")
+    p.add_argument("--steps", type=int, default=None, help="override the optimizer steps (default: from the meta)")
+    p.add_argument("--commit", type=str, default=None,
+                   help="the commit that trained them (default: from the meta; older trainings did not record it)")
     args = p.parse_args(argv)
-    extra = {"samples_seen": args.samples_seen} if args.samples_seen is not None else None
+    extra = {k: getattr(args, k) for k in ("samples_seen", "steps", "commit") if getattr(args, k) is not None} or None
     try:
         dst = ship(args.stage, args.weights, args.recipe, args.out_dir, args.cpu_minutes, extra)
     except (FileNotFoundError, ValueError) as e:
