@@ -24,26 +24,24 @@ __all__ = ["positive_int", "non_negative_int", "check_output_dir", "OutputLocati
 
 
 # ============================================================================ argument types
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
+def _int_at_least(text: str, lowest: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer (≥ 1)")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} must be a {what} (≥ {lowest})")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    return _int_at_least(text, 1, "positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer ≥ 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a non-negative integer (≥ 0)")
-    return value
+    return _int_at_least(text, 0, "non-negative integer")
 
 
 # ============================================================================ output locations
