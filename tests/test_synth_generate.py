@@ -174,3 +174,20 @@ def test_storage_is_under_a_quarter_of_float64():
     cfg = ShapeSceneConfig()
     ours, authors = generate.train_val_bytes(cfg, 10000), generate.train_val_float64_bytes(cfg, 10000)
     assert ours <= authors / 4
+
+
+def test_patches_per_scene_sets_the_number_of_local_stage_patches(tmp_path):
+    """--patches_per_scene k cuts k patches per scene (the authors' 2 by default), recorded in the manifest."""
+    import json
+
+    from blurry_edges.synth.cli import run_train_val
+
+    out = run_train_val(["--data_path", str(tmp_path / "set"), "--num_sample_train", "3", "--num_sample_val", "2",
+                         "--img_size", "48", "48", "--R", "11", "--num_shape", "3", "6", "--patches_per_scene", "5",
+                         "--quiet"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["patches_train"] == 15 and manifest["counts"]["patches_val"] == 10
+    assert np.load(out / "patches" / "patches_ny_train.npy", mmap_mode="r").shape[0] == 15
+    with pytest.raises(SystemExit):
+        run_train_val(["--data_path", str(tmp_path / "bad"), "--num_sample_train", "1", "--num_sample_val", "1",
+                       "--patches_per_scene", "0", "--quiet"])

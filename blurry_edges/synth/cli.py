@@ -91,6 +91,8 @@ def train_val_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_path", type=str, default="./data/data_train_val", help="output folder (patches in <data_path>/patches)")
     g.add_argument("--num_sample_train", type=int, default=8000, help="number of training scenes")
     g.add_argument("--num_sample_val", type=int, default=2000, help="number of validation scenes")
+    g.add_argument("--patches_per_scene", type=int, default=2,
+                   help="local-stage patches cut per scene (the authors: 2; more samples per scene for the CPU recipe)")
     g.add_argument("--num_shape", type=int, nargs=2, default=list(_SHAPE.num_shape), metavar=("LO", "HI"),
                    help="shapes per scene, drawn from LO … HI−1 (upper bound exclusive, like the authors)")
     return p
@@ -148,7 +150,8 @@ def run_train_val(argv=None) -> Path | None:
         with _interrupt_on_sigterm():
             out = generate_train_val(cfg, args.data_path, args.num_sample_train, args.num_sample_val,
                                      seed=args.seed, workers=args.workers, save_png=args.save_png,
-                                     overwrite=args.overwrite, cli_args=vars(args), progress=not args.quiet)
+                                     overwrite=args.overwrite, cli_args=vars(args), progress=not args.quiet,
+                                     patches_per_scene=args.patches_per_scene)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
         _fail(parser, e)
         return None
@@ -156,7 +159,8 @@ def run_train_val(argv=None) -> Path | None:
         parser.exit(130, "interrupted: nothing was written (the temporary folder was removed)\n")
         return None
     print(f"Wrote {args.num_sample_train} training and {args.num_sample_val} validation scenes "
-          f"({2 * args.num_sample_train} + {2 * args.num_sample_val} local-stage patches) in "
+          f"({args.patches_per_scene * args.num_sample_train} + {args.patches_per_scene * args.num_sample_val} "
+          f"local-stage patches) in "
           f"{time.perf_counter() - t0:.1f} s to:\n  {out}\n  {out / 'patches'}\n  manifest: {out / 'manifest.json'}")
     if args.save_png:
         print(f"  previews: {out / 'png'}")

@@ -213,14 +213,14 @@ PATCH_FILES = {   # the authors' patch file stems → (per-patch shape builder, 
 }
 
 
-def train_val_bytes(cfg: ShapeSceneConfig, n_scenes: int) -> int:
+def train_val_bytes(cfg: ShapeSceneConfig, n_scenes: int, patches_per_scene: int = PATCHES_PER_SCENE) -> int:
     """Bytes our format needs for ``n_scenes`` scenes (and their patches)."""
     H, W = cfg.img_size
     per_scene = sum(int(np.prod(shape(H, W))) * np.dtype(dt(cfg)).itemsize for _, shape, dt in SCENE_FILES.values())
     per_scene += 4   # α
     per_patch = sum(int(np.prod(shape(cfg.R))) * np.dtype(dt(cfg)).itemsize for shape, dt in PATCH_FILES.values())
     per_patch += 16  # patch_index
-    return n_scenes * (per_scene + PATCHES_PER_SCENE * per_patch)
+    return n_scenes * (per_scene + patches_per_scene * per_patch)
 
 
 def train_val_float64_bytes(cfg: ShapeSceneConfig, n_scenes: int) -> int:
@@ -277,10 +277,10 @@ def _write_train_val_split(stage: StagingDir, cfg: ShapeSceneConfig, split: str,
 
 
 def _write_train_val_patches(stage: StagingDir, cfg: ShapeSceneConfig, split: str, n_candidates: np.ndarray,
-                             seed: int, progress: bool) -> int:
-    """Draw the split's 2·N local-stage patches among all candidate centres and write them."""
+                             seed: int, progress: bool, patches_per_scene: int = PATCHES_PER_SCENE) -> int:
+    """Draw the split's k·N local-stage patches (the authors' k = 2) among all candidate centres and write them."""
     R = cfg.R
-    n_patch = PATCHES_PER_SCENE * len(n_candidates)
+    n_patch = patches_per_scene * len(n_candidates)
     out = {stem: np.zeros((n_patch,) + shape(R), dt(cfg)) for stem, (shape, dt) in PATCH_FILES.items()}
     where = np.zeros((n_patch, 4), np.int32)
     if n_patch:
@@ -307,8 +307,12 @@ def _write_train_val_patches(stage: StagingDir, cfg: ShapeSceneConfig, split: st
 
 def generate_train_val(cfg: ShapeSceneConfig, data_path, num_sample_train: int, num_sample_val: int,
                        seed: int = 1869, workers: int = 1, save_png: int = 0, overwrite: bool = False,
-                       cli_args: dict | None = None, progress: bool = True) -> Path:
+                       cli_args: dict | None = None, progress: bool = True,
+                       patches_per_scene: int = PATCHES_PER_SCENE) -> Path:
     """Generate the basic-shape training and validation sets with their local-stage patches.
+
+    ``patches_per_scene`` (the authors': 2) sets how many local-stage patches are cut per scene; more
+    give the local stage more distinct samples for the price of one scene (README "Training on a CPU").
 
     Every check happens before any work (``ValueError``/``FileExistsError``/``OSError``). Returns the
     folder written. See the module docstring for the layout.
@@ -321,13 +325,16 @@ def generate_train_val(cfg: ShapeSceneConfig, data_path, num_sample_train: int, 
     workers = resolve_workers(workers)
     data_path = Path(data_path)
     check_destination(data_path, overwrite)
-    check_free_space(data_path, train_val_bytes(cfg, n_train + n_val))
+    if int(patches_per_scene) != patches_per_scene or patches_per_scene < 1:
+        raise ValueError(f"--patches_per_scene {patches_per_scene}: must be a positive integer (the authors use 2)")
+    check_free_space(data_path, train_val_bytes(cfg, n_train + n_val, int(patches_per_scene)))
     with StagingDir(data_path, overwrite) as stage:
         counts = {}
         for split, n in (("train", n_train), ("val", n_val)):
             cand = _write_train_val_split(stage, cfg, split, n, seed, min(workers, max(n, 1)), save_png, progress)
             counts[split] = n
-            counts[f"patches_{split}"] = _write_train_val_patches(stage, cfg, split, cand, seed, progress)
+            counts[f"patches_{split}"] = _write_train_val_patches(stage, cfg, split, cand, seed, progress,
+                                                                  int(patches_per_scene))
         manifest = {
             "format": FORMAT_NAME,
             "kind": "train_val",
