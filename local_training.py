@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from blurry_edges.losses import LocalSchedule
-from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script
+from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script, settings_from_weights
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
                               resolve_camera, resolve_setting)
 from blurry_edges.train import LocalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
@@ -34,6 +34,13 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="final weight of the boundary localization term")
     p.add_argument("--beta_smthns", type=float, default=paper.beta_smthns, help="final weight of the smoothness term")
     p.add_argument("--dynamic_epoch", type=int, default=paper.dynamic_epoch, help="epochs over which the β weights ramp up")
+    p.add_argument("--beta_blur", type=float, default=paper.beta_blur,
+                   help="weight of our supervised blur term (not the paper's; 0 = the paper's objective): the "
+                        "squared error of each boundary's η against the blur of its true depth; the CPU recipe "
+                        "uses it to teach the local stage depth-carrying η in hours (README: Training on a CPU)")
+    p.add_argument("--init_from", type=str, default=None,
+                   help="start from these local-stage weights (e.g. the shipped ones) with a fresh optimizer and "
+                        "schedule; --resume continues a checkpoint instead")
     add_runtime_args(p, seed=1869, deterministic=False)
     args = p.parse_args(argv)
     check_training_outputs(p, args, ("exp_local_stage",))
@@ -42,20 +49,29 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     from blurry_edges.data import LocalPatchDataset
+    from blurry_edges.models import LocalStage, load_weights
 
     args = get_args(argv)
     ctx = setup_distributed(args.cuda)
     try:
         set_seed(args.seed, args.deterministic)
-        train_set = LocalPatchDataset(args.data_path, "train")
-        val_set = LocalPatchDataset(args.data_path, "val")
+        if args.beta_blur < 0:
+            raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0")
+        with_blur = args.beta_blur > 0
+        train_set = LocalPatchDataset(args.data_path, "train", with_blur=with_blur)
+        val_set = LocalPatchDataset(args.data_path, "val", with_blur=with_blur)
         args.R = resolve_setting("R", args.R, getattr(train_set, "R", None), 21, args.data_path)
         args.img_size = resolve_setting("img_size", args.img_size, train_set.img_size, [147, 147], args.data_path)
         camera = resolve_camera(args, train_set)
         args.camera_params = camera.to_dict()
         args.data_id = data_fingerprint(args.data_path)
-        schedule = LocalSchedule(args.beta_bndry_loc, args.beta_smthns, args.dynamic_epoch)
-        task = LocalTask(args.R, camera, schedule)
+        schedule = LocalSchedule(args.beta_bndry_loc, args.beta_smthns, args.dynamic_epoch, args.beta_blur)
+        model = None
+        if args.init_from:
+            model = LocalStage(args.R)
+            meta = load_weights(model, args.init_from, what="local stage")
+            settings_from_weights({"weights": (args.init_from, meta)}, R=args.R)
+        task = LocalTask(args.R, camera, schedule, model=model)
         out = fit(task, train_set, val_set, loop_config(args), ctx)
         print_outputs(out, ctx.is_main)
         return out

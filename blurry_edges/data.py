@@ -150,15 +150,20 @@ class LocalPatchDataset(_StoredArrays):
     Item: ``(noisy [R, R, 3] = counts/α, clean [R, R, 3] in [0, 1], bndry_dist [R, R] (pixels),
     deri [R−2, R−2, 3] = Sobel/255 cropped [1:-1, 1:-1])``, all float32.
 
+    With ``with_blur=True`` (our sets only) two more: ``bndry_depth [R, R]`` (m, 0 off boundaries)
+    and ``image`` (int64 scalar: 0 for the ρ1 image, 1 for ρ2), from which the local stage's
+    supervised blur term (``losses.LocalLoss``, ``--beta_blur``) derives the true smoothness.
+
     Args:
         root: the data folder (``./data/data_train_val``) or its ``patches`` sub-folder.
         split: ``"train"`` or ``"val"``.
         R: expected patch size; ``ValueError`` when the data were made with another.
+        with_blur: also return each patch's boundary depth and image index.
     """
 
     kind = "train_val"
 
-    def __init__(self, root, split: str, R: int | None = None):
+    def __init__(self, root, split: str, R: int | None = None, with_blur: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         root = _resolve_root(root, _TRAIN_HINT)
@@ -166,6 +171,13 @@ class LocalPatchDataset(_StoredArrays):
         manifest = read_manifest(folder)
         base = Path(manifest["_root"]) if manifest is not None else folder
         names = ("patches_ny", "patches_gt", "alphas", "boundary_distances", "derivative_maps")
+        if with_blur:
+            if manifest is None:
+                raise ValueError(f"{folder}: the supervised blur term needs the boundary depth and image index of "
+                                 f"every patch, which only sets made by our train_val_data_generator.py store; "
+                                 f"regenerate the data or train with --beta_blur 0")
+            names += ("boundary_depths", "patch_index")
+        self.with_blur = with_blur
         super().__init__(root, {n: folder / f"{n}_{split}.npy" for n in names}, manifest, base)
         arrays = self._get()
         if manifest is None:
@@ -185,7 +197,11 @@ class LocalPatchDataset(_StoredArrays):
             clean = self._f32(a["patches_gt"][idx]) / float(alpha)
         bndry_dist = self._f32(a["boundary_distances"][idx])
         deri = self._f32(a["derivative_maps"][idx][1:-1, 1:-1])
-        return noisy, clean, bndry_dist, deri
+        if not self.with_blur:
+            return noisy, clean, bndry_dist, deri
+        bndry_depth = self._f32(a["boundary_depths"][idx])
+        image = torch.tensor(int(a["patch_index"][idx][1]), dtype=torch.int64)
+        return noisy, clean, bndry_dist, deri, bndry_depth, image
 
 
 class SceneDataset(_StoredArrays):

@@ -25,7 +25,7 @@ import torch
 
 from .patches import PatchGrid
 from .wedges import (WedgeRenderer, boundary_map, decode_global, decode_local, eta_from_logit,
-                     sobel_magnitude)
+                     ownership_mask, sobel_magnitude)
 
 __all__ = [
     "ramp_rate", "LocalWeights", "LocalSchedule", "LocalLoss",
@@ -61,25 +61,34 @@ class LocalWeights:
 
     bndry_loc: float
     smthns: float
+    blur: float = 0.0
 
 
 @dataclass(frozen=True)
 class LocalSchedule:
     """β schedule of the local stage (paper Sec. 3.4): both weights grow linearly from 0 to their final
     value over epochs ``0 … dynamic_epoch − 1`` (rate ``epoch / (dynamic_epoch − 1)``), then stay.
-    Validation always uses the final values."""
+    Validation always uses the final values.
+
+    ``beta_blur`` weighs our supervised blur term (not in the paper, whose value 0 is the default):
+    it carries its full weight from the first step, in training and validation alike."""
 
     beta_bndry_loc: float = 0.001
     beta_smthns: float = 0.0005
     dynamic_epoch: int = 200
+    beta_blur: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.beta_blur >= 0:
+            raise ValueError(f"beta_blur={self.beta_blur} must be ≥ 0")
 
     def at(self, epoch: int) -> LocalWeights:
         """Weights used for training during 0-based ``epoch``."""
         r = ramp_rate(epoch, self.dynamic_epoch)
-        return LocalWeights(bndry_loc=r * self.beta_bndry_loc, smthns=r * self.beta_smthns)
+        return LocalWeights(bndry_loc=r * self.beta_bndry_loc, smthns=r * self.beta_smthns, blur=self.beta_blur)
 
     def final(self) -> LocalWeights:
-        return LocalWeights(bndry_loc=self.beta_bndry_loc, smthns=self.beta_smthns)
+        return LocalWeights(bndry_loc=self.beta_bndry_loc, smthns=self.beta_smthns, blur=self.beta_blur)
 
 
 #: Names of the seven global-stage terms, in the order of the authors' code and of the CLI options ``--gamma_*``.
@@ -197,15 +206,34 @@ class LocalLoss:
     where the render's colors are ridge-fitted to ``fit_to`` (the clean patch in training, as the
     authors do, and the noisy patch in validation), ``b`` is the rendered boundary map (Eq. 9) and
     ``dist`` the patch's ground-truth distance to the nearest boundary.
+
+    Optionally (``β_blur > 0``; ours, not the paper's) a supervised blur term: the local stage
+    learns depth only through the blur η it estimates (Eq. 7), and the color loss alone teaches η
+    slowly. The term is the global stage's depth term (Eq. 22) translated to one image's blur:
+    ``Σ (η_owner − η_true)²`` over the pixels where the true boundary depth is non-zero and the
+    sparse ownership mask (Eq. 19) is non-zero, divided by their count, with
+    ``η_true = σ_px(z, ρ_image) / (R//2)`` (Eq. 3 in patch units; the synthetic scenes carry no
+    texture blur).
     """
 
     def __init__(self, renderer: WedgeRenderer) -> None:
         self.renderer = renderer
         self.R = renderer.R
 
+    def true_eta(self, bndry_depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """True smoothness on the boundary pixels: ``[B, R, R]`` depths (m, 0 off boundaries) and
+        ``[B]`` image indices (0: ρ1, 1: ρ2) → ``[B, R, R]`` η (0 off boundaries)."""
+        cam = self.renderer.camera
+        rho = torch.where(image == 0, cam.rho_1, cam.rho_2).to(bndry_depth.dtype)[:, None, None]
+        on = bndry_depth > 0
+        z = torch.where(on, bndry_depth, torch.ones_like(bndry_depth))
+        return torch.where(on, cam.eta_from_depth(z, rho, self.R), torch.zeros_like(z))
+
     def terms(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
-              bndry_dist: torch.Tensor, deri: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three unweighted terms (scalars).
+              bndry_dist: torch.Tensor, deri: torch.Tensor, bndry_depth: Optional[torch.Tensor] = None,
+              image: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """The unweighted terms (scalars): ``color``, ``bndry_loc``, ``smthns`` and, when
+        ``bndry_depth`` and ``image`` are given, ``blur``.
 
         Args:
             raw: ``[B, 10]`` local-stage outputs.
@@ -213,20 +241,40 @@ class LocalLoss:
             clean: ``[B, 3, R, R]`` clean patches (the color target).
             bndry_dist: ``[B, R, R]`` distance of each pixel to the nearest true boundary.
             deri: ``[B, 3, R−2, R−2]`` Sobel magnitude of the clean patch (ground truth).
+            bndry_depth: ``[B, R, R]`` true boundary depth (m, 0 off boundaries).
+            image: ``[B]`` which image each patch was cut from (0: ρ1, 1: ρ2).
         """
         geom, e = decode_local(_at_least_f32(raw))
-        patches, _, dists, _ = self.renderer.render_single(geom, eta_from_logit(e), fit_to)
+        eta = eta_from_logit(e)
+        patches, _, dists, _ = self.renderer.render_single(geom, eta, fit_to)
         b = boundary_map(dists, self.renderer.delta)
-        return {
+        out = {
             "color": (clean - patches).square().sum(-3).mean(),
             "bndry_loc": (bndry_dist * b).square().mean(),
             "smthns": (deri - sobel_magnitude(patches)).square().sum(-3).mean(),
         }
+        if bndry_depth is not None and image is not None:
+            target = self.true_eta(bndry_depth.to(eta.dtype), image)
+            owner = ownership_mask(dists.detach(), "sparse", self.renderer.delta)
+            eta_px = torch.where(owner == 2, eta[:, 1, None, None], eta[:, 0, None, None])
+            valid = (target > 0) & (owner > 0)
+            count = valid.sum()
+            err = torch.where(valid, (eta_px - target).square(), torch.zeros_like(target)).sum()
+            out["blur"] = err / count.clamp(min=1).to(err.dtype)
+        return out
 
     def __call__(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
-                 bndry_dist: torch.Tensor, deri: torch.Tensor, weights: LocalWeights) -> torch.Tensor:
-        t = self.terms(raw, fit_to, clean, bndry_dist, deri)
-        return t["color"] + weights.bndry_loc * t["bndry_loc"] + weights.smthns * t["smthns"]
+                 bndry_dist: torch.Tensor, deri: torch.Tensor, weights: LocalWeights,
+                 bndry_depth: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if weights.blur > 0 and (bndry_depth is None or image is None):
+            raise ValueError("the blur term (β_blur > 0) needs each patch's boundary depth and image index: "
+                             "load the patches with LocalPatchDataset(..., with_blur=True)")
+        t = self.terms(raw, fit_to, clean, bndry_dist, deri,
+                       bndry_depth if weights.blur > 0 else None, image if weights.blur > 0 else None)
+        loss = t["color"] + weights.bndry_loc * t["bndry_loc"] + weights.smthns * t["smthns"]
+        if weights.blur > 0:
+            loss = loss + weights.blur * t["blur"]
+        return loss
 
 
 # ============================================================================ global stage

@@ -117,10 +117,12 @@ class LocalTask(Task):
 
     def loss(self, model, batch, weights, train):
         noisy, clean, bndry_dist, deri = batch[:4]
+        bndry_depth, image = batch[4:6] if len(batch) >= 6 else (None, None)
         noisy = noisy.permute(0, 3, 1, 2)
         clean = clean.permute(0, 3, 1, 2)
         raw = self.forward(model, noisy)
-        return self.criterion(raw, clean if train else noisy, clean, bndry_dist, deri.permute(0, 3, 1, 2), weights)
+        return self.criterion(raw, clean if train else noisy, clean, bndry_dist, deri.permute(0, 3, 1, 2), weights,
+                              bndry_depth, image)
 
     def make_scheduler(self, optimizer):
         lr = optimizer.param_groups[0]["lr"]
@@ -132,7 +134,10 @@ class LocalTask(Task):
         return scheduler.patience, optimizer.param_groups[0]["lr"]
 
     def meta(self):
-        return {"stage": "local", "R": self.R}
+        meta = {"stage": "local", "R": self.R}
+        if self.sched.beta_blur > 0:            # the paper's objective keeps the paper's record
+            meta["beta_blur"] = self.sched.beta_blur
+        return meta
 
 
 class GlobalTask(Task):
