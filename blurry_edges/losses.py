@@ -224,7 +224,8 @@ class LocalLoss:
         """True smoothness on the boundary pixels: ``[B, R, R]`` depths (m, 0 off boundaries) and
         ``[B]`` image indices (0: ρ1, 1: ρ2) → ``[B, R, R]`` η (0 off boundaries)."""
         cam = self.renderer.camera
-        rho = torch.where(image == 0, cam.rho_1, cam.rho_2).to(bndry_depth.dtype)[:, None, None]
+        rhos = torch.tensor([cam.rho_1, cam.rho_2], dtype=bndry_depth.dtype, device=bndry_depth.device)
+        rho = rhos[image.long()][:, None, None]
         on = bndry_depth > 0
         z = torch.where(on, bndry_depth, torch.ones_like(bndry_depth))
         return torch.where(on, cam.eta_from_depth(z, rho, self.R), torch.zeros_like(z))

@@ -1,0 +1,147 @@
+"""The local stage's supervised blur term (``--beta_blur``, ours) and ``--init_from``.
+
+The term compares the η of the wedge that owns each true boundary pixel (sparse ownership mask,
+Eq. 19) with the blur of that pixel's true depth in the patch's image (Eq. 3 over ``R//2``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blurry_edges.camera import CameraParams
+from blurry_edges.losses import LocalLoss, LocalSchedule, LocalWeights
+from blurry_edges.wedges import WedgeRenderer, eta_from_logit
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+
+def _logit(eta: float) -> float:
+    """Inverse of η = 10^(2·erf(e) − 2)."""
+    return float(torch.special.erfinv(torch.tensor((math.log10(eta) + 2.0) / 2.0, dtype=torch.float64)))
+
+
+def _edge_patch(R: int, eta1: float, eta2: float = 0.05):
+    """Raw output of one patch whose wedge 1 is the half-plane right of the centre column and whose
+    wedge 2 lies outside the patch; the true boundary is the centre column at 0.9 m."""
+    raw = torch.tensor([[0.0, 0.0, 5.0, 5.0, -math.pi / 2, math.pi, 0.0, 0.1, _logit(eta1), _logit(eta2)]],
+                       dtype=torch.float64)
+    bdepth = torch.zeros(1, R, R, dtype=torch.float64)
+    bdepth[0, :, R // 2] = 0.9
+    return raw, bdepth
+
+
+@pytest.mark.parametrize("image", [0, 1])
+def test_blur_term_is_the_squared_eta_error_of_the_owning_wedge(image):
+    R = 11
+    cam = CameraParams()
+    loss = LocalLoss(WedgeRenderer(R, cam))
+    rho = cam.rho_1 if image == 0 else cam.rho_2
+    true = cam.sigma_px(0.9, rho) / (R // 2)
+    clean = torch.rand(1, 3, R, R, dtype=torch.float64)
+    dist = torch.zeros(1, R, R, dtype=torch.float64)
+    deri = torch.zeros(1, 3, R - 2, R - 2, dtype=torch.float64)
+    img = torch.tensor([image])
+    for eta in (true, 0.5, 0.02):
+        raw, bdepth = _edge_patch(R, eta)
+        t = loss.terms(raw, clean, clean, dist, deri, bdepth, img)
+        got_eta = eta_from_logit(raw[0, 8]).item()               # = eta up to erfinv's rounding
+        assert got_eta == pytest.approx(eta, rel=1e-5)
+        assert t["blur"].item() == pytest.approx((got_eta - true) ** 2, rel=1e-9, abs=1e-15)
+    # wedge 2's η does not matter: it owns no boundary pixel
+    raw_a, bdepth = _edge_patch(R, 0.3, eta2=0.02)
+    raw_b, _ = _edge_patch(R, 0.3, eta2=0.9)
+    ta = loss.terms(raw_a, clean, clean, dist, deri, bdepth, img)["blur"]
+    tb = loss.terms(raw_b, clean, clean, dist, deri, bdepth, img)["blur"]
+    assert ta.item() == pytest.approx(tb.item(), rel=1e-12)
+
+
+def test_blur_term_gradient_reaches_eta_only_and_guards_empty_targets():
+    R = 11
+    loss = LocalLoss(WedgeRenderer(R))
+    raw, bdepth = _edge_patch(R, 0.4)
+    raw.requires_grad_(True)
+    clean = torch.rand(1, 3, R, R, dtype=torch.float64)
+    args = (clean, clean, torch.zeros(1, R, R, dtype=torch.float64),
+            torch.zeros(1, 3, R - 2, R - 2, dtype=torch.float64))
+    loss.terms(raw, *args, bdepth, torch.tensor([0]))["blur"].backward()
+    assert raw.grad[0, :8].abs().max() == 0 and raw.grad[0, 8] != 0 and raw.grad[0, 9] == 0
+    empty = loss.terms(raw.detach(), *args, torch.zeros_like(bdepth), torch.tensor([0]))["blur"]
+    assert empty.item() == 0.0 and math.isfinite(empty.item())
+
+
+def test_blur_weight_is_constant_and_needs_targets():
+    s = LocalSchedule(beta_blur=3.0)
+    assert s.at(0).blur == s.at(150).blur == s.final().blur == 3.0
+    assert LocalSchedule().at(0).blur == 0.0                       # the paper's objective by default
+    with pytest.raises(ValueError, match="beta_blur"):
+        LocalSchedule(beta_blur=-1.0)
+    R = 11
+    raw, _ = _edge_patch(R, 0.2)
+    z = torch.zeros(1, R, R, dtype=torch.float64)
+    with pytest.raises(ValueError, match="with_blur=True"):
+        LocalLoss(WedgeRenderer(R))(raw, torch.rand(1, 3, R, R, dtype=torch.float64), torch.rand(1, 3, R, R, dtype=torch.float64),
+                                   z, torch.zeros(1, 3, R - 2, R - 2, dtype=torch.float64),
+                                   LocalWeights(bndry_loc=0.0, smthns=0.0, blur=1.0))
+
+
+def _add_blur_arrays(root: Path, R: int) -> None:
+    for split in ("train", "val"):
+        n = np.load(root / "patches" / f"patches_ny_{split}.npy", mmap_mode="r").shape[0]
+        bd = np.zeros((n, R, R), np.float32)
+        bd[:, :, R // 2] = np.linspace(0.8, 1.1, n, dtype=np.float32)[:, None]
+        np.save(root / "patches" / f"boundary_depths_{split}.npy", bd)
+        idx = np.zeros((n, 4), np.int32)
+        idx[:, 1] = np.arange(n) % 2
+        np.save(root / "patches" / f"patch_index_{split}.npy", idx)
+
+
+def test_dataset_with_blur_items_and_refusals(tmp_path):
+    from blurry_edges.data import LocalPatchDataset
+    from test_training_scripts import write_train_val
+
+    R = 11
+    data = write_train_val(tmp_path / "data", R, 31, 31)
+    with pytest.raises(FileNotFoundError, match="boundary_depths_train"):
+        LocalPatchDataset(data, "train", with_blur=True)
+    _add_blur_arrays(data, R)
+    ds = LocalPatchDataset(data, "train", with_blur=True)
+    item = ds[1]
+    assert len(item) == 6 and item[4].shape == (R, R) and item[5].item() == 1 and item[4][0, R // 2] > 0
+    assert len(LocalPatchDataset(data, "train")[1]) == 4
+    (data / "manifest.json").unlink()                         # the authors' layout: no depth per patch
+    with pytest.raises(ValueError, match="--beta_blur 0"):
+        LocalPatchDataset(data, "train", with_blur=True)
+
+
+def test_local_training_with_blur_term_and_init_from(tmp_path):
+    import local_training
+    from blurry_edges.models import LocalStage, load_weights
+    from test_training_scripts import _common, write_train_val
+
+    R = 11
+    torch.set_num_threads(1)
+    data = write_train_val(tmp_path / "data", R, 31, 31)
+    _add_blur_arrays(data, R)
+    first = local_training.main(["--data_path", str(data), "--epoch_num", "1", "--batch_size", "4"] + _common(tmp_path / "a"))
+    init = LocalStage(R)
+    assert "beta_blur" not in load_weights(init, first["weights"])  # the paper's objective keeps its record
+    out = local_training.main(["--data_path", str(data), "--epoch_num", "1", "--batch_size", "4", "--beta_blur", "2",
+                               "--learning_rate", "0", "--init_from", first["weights"]] + _common(tmp_path / "b"))
+    tuned = LocalStage(R)
+    meta = load_weights(tuned, out["weights"])
+    assert meta["beta_blur"] == 2.0
+    # learning rate 0: the weights are exactly those it started from (BN running statistics aside)
+    for (name, a), b in zip(init.named_parameters(), tuned.parameters()):
+        assert torch.equal(a, b), name
+    log = (tmp_path / "b" / "logs" / "exp_local_stage_training.txt").read_text()
+    assert "beta_blur" in log and "init_from" in log
+    with pytest.raises(SystemExit):
+        local_training.main(["--data_path", str(data), "--beta_blur", "-1"] + _common(tmp_path / "c"))
