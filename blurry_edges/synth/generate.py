@@ -79,17 +79,27 @@ def _start_forkserver_ignoring_sigint() -> None:
     Ctrl-C goes to every process of the terminal's group. An ignored SIGINT is inherited through
     exec, so the server (seconds of imports) and the workers it forks never turn it into a
     KeyboardInterrupt traceback; this process alone stops the pool and removes the temporary folder.
+
+    A Ctrl-C that arrives while the server is being started must not be lost here, though: SIGINT
+    is also blocked for that moment, and Linux keeps a blocked signal pending even while it is
+    ignored, so it reaches this process's own handler once the handler is back and the signal is
+    unblocked. The resource tracker starts first, on its own: starting it unblocks SIGINT.
     """
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
     if threading.current_thread() is not threading.main_thread():
         forkserver.ensure_running()
         return
+    resource_tracker.ensure_running()       # blocks and then unblocks SIGINT itself: not inside our block
+    can_block = hasattr(signal, "pthread_sigmask")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if can_block else None
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGINT, previous)
+        if can_block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # a Ctrl-C held back meanwhile arrives now
 
 
 @contextlib.contextmanager
