@@ -105,11 +105,18 @@ def test_killed_run_leaves_a_folder_that_the_next_run_removes(tmp_path, capsys):
     assert (data / "manifest.json").is_file()
 
 
-def test_ctrl_c_while_the_fork_server_starts_is_not_lost(monkeypatch):
-    """The server must inherit an ignored SIGINT, yet a Ctrl-C meanwhile still reaches this process."""
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_ctrl_c_while_the_fork_server_starts_is_not_lost(monkeypatch, other_thread):
+    """A Ctrl-C while the server starts reaches this process, also when another of its threads (a
+    progress bar's monitor, say) is the one the kernel hands the signal to, and the server started
+    then is deaf to it."""
+    import threading
     from multiprocessing import forkserver
 
     real = forkserver.ensure_running
+    stop = threading.Event()
+    if other_thread:                             # a thread with SIGINT unblocked, waiting
+        threading.Thread(target=stop.wait, args=(30,), daemon=True).start()
 
     def start_with_ctrl_c():
         os.kill(os.getpid(), signal.SIGINT)      # Ctrl-C exactly while the server is being started
@@ -117,9 +124,12 @@ def test_ctrl_c_while_the_fork_server_starts_is_not_lost(monkeypatch):
 
     monkeypatch.setattr(forkserver, "ensure_running", start_with_ctrl_c)
     handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        generate._start_forkserver_ignoring_sigint()
-        for _ in range(100):                     # the interpreter raises it at the next bytecode boundary
-            time.sleep(0.001)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate._start_forkserver_ignoring_sigint()
+            for _ in range(100):                 # the interpreter raises it at the next bytecode boundary
+                time.sleep(0.001)
+    finally:
+        stop.set()
     assert signal.getsignal(signal.SIGINT) is handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())

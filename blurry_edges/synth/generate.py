@@ -74,31 +74,28 @@ def _init_worker() -> None:
 
 
 def _start_forkserver_ignoring_sigint() -> None:
-    """Start the fork server (and multiprocessing's resource tracker) with SIGINT ignored.
+    """Start the fork server (and multiprocessing's resource tracker) deaf to Ctrl-C, without losing one.
 
-    Ctrl-C goes to every process of the terminal's group. An ignored SIGINT is inherited through
-    exec, so the server (seconds of imports) and the workers it forks never turn it into a
-    KeyboardInterrupt traceback; this process alone stops the pool and removes the temporary folder.
-
-    A Ctrl-C that arrives while the server is being started must not be lost here, though: SIGINT
-    is also blocked for that moment, and Linux keeps a blocked signal pending even while it is
-    ignored, so it reaches this process's own handler once the handler is back and the signal is
-    unblocked. The resource tracker starts first, on its own: starting it unblocks SIGINT.
+    Ctrl-C goes to every process of the terminal's group. The server is started from this thread
+    with SIGINT blocked: a signal mask is inherited through fork and exec, so during its seconds of
+    imports the server holds a Ctrl-C pending until its main loop sets SIGINT to ignored (which
+    discards it), and the workers it forks ignore it too (``_init_worker``): no KeyboardInterrupt
+    tracebacks from them. This process keeps a Python handler meanwhile (never SIG_IGN, which would
+    drop a Ctrl-C that another of its threads, e.g. a progress bar's monitor, happens to receive);
+    the handler only records it, and the Ctrl-C is raised once the server is up. The resource
+    tracker starts first, on its own: starting it unblocks SIGINT.
     """
     from multiprocessing import forkserver, resource_tracker
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         forkserver.ensure_running()
         return
     resource_tracker.ensure_running()       # blocks and then unblocks SIGINT itself: not inside our block
-    can_block = hasattr(signal, "pthread_sigmask")
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if can_block else None
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if can_block:
+    with _deferred_sigint():
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            forkserver.ensure_running()
+        finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # a Ctrl-C held back meanwhile arrives now
 
 
