@@ -31,7 +31,7 @@ from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, OutputLocationError, agree, check_output_dir, choose_weights,
                                positive_int, run_script, settings_from_weights, weights_meta)
-from blurry_edges.cli import add_basic_args, resolve_camera, resolve_setting
+from blurry_edges.cli import add_basic_args, add_bf16_argument, resolve_camera, resolve_setting
 from blurry_edges.features import local_params_for_images, resolve_bf16
 from blurry_edges.train import cleanup_distributed, plain, setup_distributed
 from blurry_edges.wedges import WedgeRenderer
@@ -48,9 +48,9 @@ def get_args(argv=None) -> argparse.Namespace:
                         f"writes it, else <model_path>/{WEIGHT_FILES['local']})")
     p.add_argument("--splits", type=str, nargs="+", default=["train", "val"], help="which splits to process")
     p.add_argument("--chunk", type=int, default=256, help="patches per local-stage forward pass (256 is fastest on a CPU)")
-    p.add_argument("--bf16", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                   help="bf16 autocast for the local stage: 'auto' (default) = on where the CPU computes bf16 "
-                        "natively, off on GPUs and other CPUs; a bare --bf16 means 'on'")
+    add_bf16_argument(p, default="auto",
+                      help="bf16 autocast for the local stage: 'auto' (default) = on where the CPU computes bf16 "
+                           "natively, off on GPUs and other CPUs; a bare --bf16 means 'on'")
     p.add_argument("--crop_tokens", type=int, default=None,
                    help="CPU recipe: pre-calculate one crop of T×T patch positions per scene (default: all patches)")
     p.add_argument("--max_scenes_train", type=int, default=None, help="use only the first N training scenes")

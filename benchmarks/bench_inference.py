@@ -9,15 +9,36 @@ global-stage features, ``global`` = Transformer over the 4096 tokens, ``render_f
 sharpened/refocused views and the fold into the global maps; ``total`` is one ``DepthPipeline.run``.
 With no weight files the networks are randomly initialized (fine for timing; for the bf16 effect
 on the metrics use trained weights and a test set).
+
+Peak memory of one large pair (``--peak_memory``; no timings)::
+
+    python benchmarks/bench_inference.py --peak_memory                     # 587×587 (6×6 blocks), fp32 and bf16
+    python benchmarks/bench_inference.py --peak_memory --size 147 --precisions fp32   # one block
+    python benchmarks/bench_inference.py --peak_memory --size 61 --R 11 --block 41 --margin 2   # a check in seconds
+
+Each precision runs in a fresh child process (randomly initialized networks of the paper's
+geometry, R = 21 and 147×147 blocks unless ``--R`` / ``--block``; memory does not depend on the
+weights' values), which builds the networks, makes a synthetic ``SIZE×SIZE`` pair and runs
+``DepthPipeline.run`` once; its peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``) is
+reported before the run (interpreter, torch, networks, pair) and after it (the peak of the whole
+process). On CUDA the peak of ``torch.cuda.max_memory_allocated`` is reported too. One child per
+setting keeps one setting's peak from hiding the next one's.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import resource
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without install
 
 from blurry_edges.camera import CameraParams
 from blurry_edges.features import encode_local, local_outputs, pair_tokens
@@ -59,6 +80,65 @@ def load_or_random(model, path: Path, what: str) -> bool:
     return False
 
 
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far, MB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+
+
+def peak_memory_child(args: argparse.Namespace) -> dict:
+    """One ``DepthPipeline.run`` of a synthetic ``args.size``² pair in ``args.precision``, in this
+    (fresh) process; returns the peak RSS before and after the run (MB) and the run's seconds."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    R, block, stride = args.R, args.block, 2
+    if (block - R) % stride or (args.size - block) % stride or args.size < block:
+        raise SystemExit(f"--size {args.size} and --block {block} must be R + 2k ({R} + 2k) and size ≥ block")
+    grid = (block - R) // stride + 1
+    torch.manual_seed(0)
+    local, glob = LocalStage(R), GlobalStage(grid, grid, stride)
+    pipe = DepthPipeline(local, glob, CameraParams(),
+                         PipelineConfig(R=R, stride=stride, bf16=args.precision == "bf16", local_chunk=args.local_chunk,
+                                        margin=args.margin),
+                         device=device)
+    pair, _ = synthetic_pair(CameraParams(), R, size=args.size)
+    before = max_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    out = pipe.run(pair, progress=False)
+    seconds = time.perf_counter() - t0
+    rec = {"precision": args.precision, "size": args.size, "blocks": out["tiles"], "device": str(device),
+           "rss_before_run_mb": before, "peak_rss_mb": max_rss_mb(), "seconds": seconds}
+    if device.type == "cuda":
+        rec["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return rec
+
+
+def peak_memory(args: argparse.Namespace) -> None:
+    """Run :func:`peak_memory_child` in a fresh process per precision and print the table."""
+    print(f"peak memory of one {args.size}×{args.size} pair (R={args.R}, blocks of {args.block}), device {args.device}, "
+          f"random weights, one fresh process per precision, torch {torch.__version__}")
+    rows = []
+    for precision in args.precisions:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", precision, "--size", str(args.size),
+               "--R", str(args.R), "--block", str(args.block), "--margin", str(args.margin), "--device", args.device,
+               "--local_chunk", str(args.local_chunk)] + (["--threads", str(args.threads)] if args.threads else [])
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"the {precision} child failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    cuda = any("cuda_peak_allocated_mb" in r for r in rows)
+    print(f"{'':6s}{'blocks':>8s}{'RSS before run':>16s}{'peak RSS':>11s}{'run adds':>10s}"
+          + (f"{'CUDA peak':>11s}" if cuda else "") + f"{'time':>9s}")
+    for r in rows:
+        print(f"{r['precision']:6s}{r['blocks']:8d}{r['rss_before_run_mb']:13.0f} MB{r['peak_rss_mb']:8.0f} MB"
+              f"{r['peak_rss_mb'] - r['rss_before_run_mb']:7.0f} MB"
+              + (f"{r.get('cuda_peak_allocated_mb', float('nan')):8.0f} MB" if cuda else "")
+              + f"{r['seconds']:8.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +149,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--local_chunk", type=int, default=256)
     ap.add_argument("--skip_stages", action="store_true", help="only the end-to-end timings")
+    mem = ap.add_argument_group("peak memory (--peak_memory)")
+    mem.add_argument("--peak_memory", action="store_true",
+                     help="measure the peak RSS of one SIZE×SIZE pair per precision (fresh process each); no timings")
+    mem.add_argument("--size", type=int, default=587, help="pair size for --peak_memory (default 587: 6×6 blocks)")
+    mem.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    mem.add_argument("--R", type=int, default=21, help="patch size of the random networks (--peak_memory)")
+    mem.add_argument("--block", type=int, default=147, help="block size of the global stage (--peak_memory)")
+    mem.add_argument("--margin", type=int, default=10, help="margin patches at inner block borders (--peak_memory)")
+    ap.add_argument("--_child", dest="precision", choices=("fp32", "bf16"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.precision is not None:                        # a --peak_memory child: one run, one JSON line
+        print(json.dumps(peak_memory_child(args)))
+        return
+    if args.peak_memory:
+        peak_memory(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

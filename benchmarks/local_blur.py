@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blurry_edges.data import LocalPatchDataset  # noqa: E402
-from blurry_edges.features import local_outputs, native_bf16  # noqa: E402
+from blurry_edges.cli import add_bf16_argument  # noqa: E402
+from blurry_edges.features import local_outputs, resolve_bf16  # noqa: E402
 from blurry_edges.losses import LocalLoss  # noqa: E402
 from blurry_edges.models import LocalStage, load_weights  # noqa: E402
 from blurry_edges.wedges import WedgeRenderer, decode_local, eta_from_logit, ownership_mask  # noqa: E402
@@ -75,11 +76,11 @@ def main() -> None:
     ap.add_argument("--data_path", required=True, help="a train/val set made by train_val_data_generator.py")
     ap.add_argument("--weights", nargs="+", required=True, help="local-stage weight files to compare")
     ap.add_argument("--patches", type=int, default=2000, help="validation patches to use (the first N)")
-    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    add_bf16_argument(ap, default="auto", help="bf16 autocast for the local stage ('auto': where the CPU has it natively)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    bf16 = native_bf16() if args.bf16 == "auto" else args.bf16 == "on"
+    bf16 = resolve_bf16(args.bf16, torch.device("cpu"))
     ds = LocalPatchDataset(args.data_path, "val", with_blur=True)
     print(f"{args.data_path} val, first {args.patches} patches, R={ds.R}, bf16={bf16}, {args.threads} thread(s)")
     for w in args.weights:

@@ -113,7 +113,7 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
         summary = evaluate_test_set(pipeline, dataset, root / key, crop=args.crop, max_scenes=args.max_scenes,
                                     figures=not args.no_figures, blocks=True if big else None,
                                     run_args={**vars(args), "compare_row": key}, display_bgr=display_bgr,
-                                    progress=False)
+                                    progress=False, pair_progress=None if getattr(args, "progress", True) else False)
         results.append({**row, "status": "measured", "average": summary["average"], "n_scenes": summary["n_scenes"],
                         "mean_time_s": summary["mean_time_s"], "outputs": str(root / key)})
     table = format_table(results)

@@ -28,6 +28,7 @@ import torch
 from .camera import CameraParams
 from .cli import add_eval_arguments, camera_from_args, camera_given, device_from_args, focal_track_from_args
 from .densify import DTParams
+from .features import precision_record
 from .metrics import METRIC_NAMES, average_metrics, eval_depth
 from .pipeline import DepthPipeline, build_pipeline
 from .wedges import WedgeRenderer
@@ -66,12 +67,17 @@ def _fmt(v: float) -> str:
 def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, crop: int = 10,
                       max_scenes: Optional[int] = None, figures: bool = True, blocks: Optional[bool] = None,
                       run_args: Optional[dict] = None, display_bgr: bool = False,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, pair_progress: Optional[bool] = None) -> dict:
     """Run the pipeline on every scene of ``dataset`` (items ``(noisy [2, H, W, 3], depth [H, W])``).
 
     Writes ``scene_XXXX.npz`` (every map), ``scene_XXXX.png`` (figure, unless ``figures=False``),
     ``summary.csv`` and ``summary.json`` under ``out_dir``; returns the summary dict. Running time
     per scene is the pipeline's (network input to final depth), as the authors time it.
+
+    ``progress``: the bar over the scenes (else one printed line per scene). ``pair_progress``: the
+    bars of each pair's stages, nested under it (``DepthPipeline.run(progress=...)``): ``None`` shows
+    them only for an image cut into several blocks, ``False`` never; pass ``False`` to both for no bars.
+    ``summary.json`` records the precision the networks ran in (``precision``: ``--bf16`` asked, resolved).
     """
     from tqdm import tqdm
 
@@ -88,7 +94,7 @@ def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, 
         noisy, gt = dataset[i]
         noisy_np = np.asarray(noisy, dtype=np.float32)
         gt_np = np.asarray(gt, dtype=np.float32)
-        out = pipeline.run(noisy_np, blocks=blocks)
+        out = pipeline.run(noisy_np, blocks=blocks, progress=pair_progress)
         m = eval_depth(out["depth"].numpy(), gt_np, crop=crop, z_min=cam.z_min, z_max=cam.z_max)
         metrics.append(m)
         t = out["timing"]
@@ -114,6 +120,8 @@ def evaluate_test_set(pipeline: DepthPipeline, dataset, out_dir: str | Path, *, 
         "provenance": provenance(getattr(pipeline, "weight_files", {})),
         "camera": cam.to_dict(),
         "config": asdict(pipeline.config),
+        "precision": precision_record((run_args or {}).get("bf16", getattr(pipeline.config, "bf16", False)),
+                                      getattr(pipeline.config, "bf16", False)),
         "device": str(pipeline.device),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -163,12 +171,13 @@ def default_test_set(big: bool = False, log=print) -> Path:
     return path
 
 
-def default_run_name(args: argparse.Namespace, big: bool) -> str:
-    """``test[_big]_{sparse,w,pp,dt}[_bf16]`` for Blurry-Edges, ``test[_big]_focal_track`` for Focal Track."""
+def default_run_name(args: argparse.Namespace, big: bool, bf16: bool) -> str:
+    """``test[_big]_{sparse,w,pp,dt}[_bf16]`` for Blurry-Edges (``_bf16`` when ``--bf16`` resolved to
+    bf16 on this machine), ``test[_big]_focal_track`` for Focal Track."""
     if getattr(args, "method", "blurry_edges") == "focal_track":
         return f"test{'_big' if big else ''}_focal_track"
     return f"test{'_big' if big else ''}_{'sparse' if args.densify == 'none' else args.densify}" \
-           f"{'_bf16' if args.bf16 else ''}"
+           f"{'_bf16' if bf16 else ''}"
 
 
 def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> int:
@@ -268,17 +277,20 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
         if dataset_camera is not None and camera_given(args) and dataset_camera != camera:
             print(f"note: the test set was made with camera {dataset_camera.to_dict()}, evaluating with {camera.to_dict()}")
         args.R, args.stride = pipeline.config.R, pipeline.config.stride
-    run_name = args.run_name or default_run_name(args, big)
+    bf16 = bool(getattr(pipeline.config, "bf16", False))          # resolved (Focal Track: no networks)
+    run_name = args.run_name or default_run_name(args, big, bf16)
     out_dir = fresh_run_dir(args.log_path, run_name, args.overwrite)
     layout = pipeline.layout(H, W, blocks=True) if big else None
     print(f"{len(dataset)} scenes of {H}×{W} ({dataset.format} format) from {args.data_path}; device {args.cuda}, "
           + (f"method=focal_track {pipeline.describe()}" if focal else
-             f"densify={args.densify}, bf16={args.bf16}, R={args.R}, stride={args.stride}")
+             f"densify={args.densify}, {'bf16 autocast' if bf16 else 'float32'} (--bf16 {args.bf16}), "
+             f"R={args.R}, stride={args.stride}")
           + (f", {len(layout.origins())} blocks per image" if layout is not None else ""))
     summary = evaluate_test_set(
         pipeline, dataset, out_dir, crop=args.crop, max_scenes=args.max_scenes, figures=not args.no_figures,
         blocks=True if big else None, run_args=vars(args),
-        display_bgr=getattr(dataset, "channel_order", "RGB") == "BGR")
+        display_bgr=getattr(dataset, "channel_order", "RGB") == "BGR",
+        progress=args.progress, pair_progress=None if args.progress else False)
     avg = summary["average"]
     print(f"\nAverage over {summary['n_scenes']} scenes: delta1={_fmt(avg['delta1'])} delta2={_fmt(avg['delta2'])} "
           f"delta3={_fmt(avg['delta3'])} RMSE={_fmt(avg['rmse_cm'])} cm AbsRel={_fmt(avg['absrel'])}")

@@ -11,11 +11,15 @@ Shared by the pre-calculation of the global stage's training data, evaluation an
 * :func:`global_depth_maps`: pre-calculated tokens → the global stage → depth and confidence maps
   (Eqs. 19–20), the depth-completion U-Net's training inputs; the same derivation as the
   pipeline's ``depth_raw`` (``WedgeRenderer.pair_depth``).
-* :func:`resolve_bf16`, :func:`autocast_context`: the one bf16 policy of every forward pass.
+* :func:`resolve_bf16`, :func:`autocast_context`: the one bf16 policy of every forward pass;
+  :func:`precision_record`: what it resolved to, for the summaries of evaluation and inference.
+* :func:`uses_channels_last`, :func:`channels_last_copy`: the memory format of convolutional networks.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+from typing import Callable, Optional
 
 import torch
 
@@ -53,6 +57,18 @@ def resolve_bf16(spec: "str | bool | None", device: torch.device) -> bool:
     return spec == "on"
 
 
+def precision_record(requested: "str | bool | None", bf16: bool) -> dict:
+    """What a run's networks computed in, for ``summary.json`` / ``settings.json``: the ``--bf16``
+    value asked for (``auto``/``on``/``off``), what it resolved to on this machine (:func:`resolve_bf16`)
+    and whether this CPU has native bf16 (what ``auto`` decides by on a CPU)."""
+    if isinstance(requested, bool):
+        requested = "on" if requested else "off"
+    elif requested is None:
+        requested = "auto"
+    return {"bf16_requested": requested, "bf16": bool(bf16),
+            "networks": "bf16 autocast" if bf16 else "float32", "cpu_native_bf16": native_bf16()}
+
+
 def autocast_context(device: torch.device, bf16: bool):
     """bf16 autocast on ``device`` when asked, else a no-op context."""
     if not bf16:
@@ -62,12 +78,26 @@ def autocast_context(device: torch.device, bf16: bool):
 
 def uses_channels_last(model: torch.nn.Module) -> bool:
     """True when the model's convolutions hold channels_last weights (then feed it channels_last
-    inputs: on the CPU oneDNN runs them 1.4–2× faster, README "Training on a CPU")."""
+    inputs: on the CPU oneDNN runs them 1.4–2× faster, README "Training on a CPU"). Decided by the
+    first spatial convolution whose weight's format is unambiguous (one with a single input channel,
+    like the U-Net's first, is contiguous in both formats)."""
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1:
             w = m.weight
-            return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+            channels_last, contiguous = w.is_contiguous(memory_format=torch.channels_last), w.is_contiguous()
+            if channels_last != contiguous:
+                return channels_last
     return False
+
+
+def channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with channels_last convolution weights: ``model`` itself when it already has them
+    or has no spatial convolution, else a converted deep copy (the caller's module is left as it is,
+    so a float32 pipeline sharing it keeps its numbers)."""
+    spatial = any(isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1 for m in model.modules())
+    if not spatial or uses_channels_last(model):
+        return model
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -95,7 +125,8 @@ def encode_local(renderer: WedgeRenderer, raw: torch.Tensor, patches: torch.Tens
 
 @torch.no_grad()
 def local_features(model: torch.nn.Module, renderer: WedgeRenderer, patches: torch.Tensor, *,
-                   chunk: int = 8192, bf16: bool = False) -> torch.Tensor:
+                   chunk: int = 8192, bf16: bool = False,
+                   progress: Optional[Callable[[int], object]] = None) -> torch.Tensor:
     """Run the local stage on patches and encode its estimates for the global stage.
 
     Args:
@@ -103,6 +134,7 @@ def local_features(model: torch.nn.Module, renderer: WedgeRenderer, patches: tor
         patches: ``[M, 3, R, R]`` noisy patches (photon counts / α).
         chunk: patches per forward pass (bounds memory).
         bf16: run the network under bf16 autocast (the color fit stays in float32).
+        progress: called with the number of patches of each finished chunk (e.g. ``tqdm.update``).
     Returns:
         ``[M, 19]`` float32 features (:func:`local_outputs`, then :func:`encode_local`); colors are
         fitted on the noisy patches, chunk by chunk.
@@ -112,6 +144,8 @@ def local_features(model: torch.nn.Module, renderer: WedgeRenderer, patches: tor
     for start in range(0, patches.shape[0], chunk):
         x = patches[start:start + chunk].float().contiguous(memory_format=memory_format)
         out.append(encode_local(renderer, local_outputs(model, x, chunk=chunk, bf16=bf16), x))
+        if progress is not None:
+            progress(x.shape[0])
     return torch.cat(out, dim=0)
 
 

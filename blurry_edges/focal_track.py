@@ -317,8 +317,10 @@ class FocalTrackPipeline:
         return None
 
     @torch.no_grad()
-    def run(self, pair: ArrayOrTensor, blocks: Optional[bool] = None) -> dict[str, Any]:
-        """All outputs for one pair ``[2, H, W, 3]`` or ``[2, 3, H, W]`` (counts / α); ``blocks`` is ignored.
+    def run(self, pair: ArrayOrTensor, blocks: Optional[bool] = None,
+            progress: Optional[bool] = None) -> dict[str, Any]:
+        """All outputs for one pair ``[2, H, W, 3]`` or ``[2, 3, H, W]`` (counts / α); ``blocks`` and
+        ``progress`` are ignored (one pass over the whole image, no stages to report).
 
         Returns CPU float32 tensors (see the class docstring), ``tiles`` (1) and ``timing``
         (``focal_track``, ``views``, ``total`` seconds).

@@ -7,6 +7,10 @@ view, same size). PNG/TIFF/JPEG/NPY, 8- or 16-bit or float, gray or RGB. An imag
 147×147 is processed whole; a larger one through 147×147 blocks with margins (README "Evaluate on a test set"), after
 cropping (from the bottom/right, with a message) to the nearest size the patch grid fits.
 
+Progress bars (local stage, global stage over the blocks, render, densify) go to stdout unless
+``--no_progress``. ``--bf16 {auto,on,off}`` (default ``off``: float32) is recorded, resolved, in
+``settings.json`` under ``precision``.
+
 Written to ``--out``: ``depth.npy`` (metres, 0 = no estimate), ``depth.png`` (colored, scale bar in
 cm), ``confidence.npy`` / ``.png``, ``boundary.npy`` / ``.png``, ``restored_1.png``, ``restored_2.png``,
 ``sharpened.png``, ``refocused.png``, ``maps.npz`` (every map, float32) and ``settings.json``.
@@ -27,8 +31,9 @@ from .densify import DTParams
 from .imageio import NORMALIZATIONS, ImageInputError, normalize_pair, read_image
 from .runs import (OutputLocationError, add_version_argument, check_output_dir, non_negative_int, positive_int,
                    provenance)
-from .cli import (add_camera_arguments, add_device_argument, add_method_arguments, camera_from_args, densify_arg,
-                  device_from_args, focal_track_from_args)
+from .cli import (add_camera_arguments, add_device_argument, add_inference_bf16_argument, add_method_arguments,
+                  camera_from_args, densify_arg, device_from_args, focal_track_from_args)
+from .features import precision_record
 from .pipeline import RHO_PRIME, DepthPipeline, build_pipeline
 
 __all__ = ["check_camera", "valid_size", "prepare_pair", "out_of_range_mask", "write_outputs", "main"]
@@ -162,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image2", help="capture with optical power rho_2, same view and size")
     p.add_argument("--out", required=True, help="output folder (checked before any work)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    p.add_argument("--no_progress", dest="progress", action="store_false",
+                   help="hide the progress bars of the stages (local stage, global stage per block, render, densify)")
     add_version_argument(p)
     norm = p.add_argument_group("normalization (networks expect photon counts / alpha, about [0, 1])")
     norm.add_argument("--alpha", type=float, default=None,
@@ -190,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n_margin_patch", type=non_negative_int, default=10, help="margin patches dropped at inner block borders")
     m.add_argument("--rho_prime", type=float, default=RHO_PRIME, help="optical power (1/m) of the refocused view")
     add_device_argument(m, "--device", "--cuda", dest="device")
-    m.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
+    add_inference_bf16_argument(m)
     m.add_argument("--tile_batch", type=positive_int, default=1, help="blocks per global-stage forward pass (raise on a GPU)")
     add_method_arguments(p, compare=False)
     add_camera_arguments(p)
@@ -230,13 +237,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"warning: {w}")
         pair, info = prepare_pair(args.image1, args.image2, alpha=args.alpha, normalize=args.normalize,
                                   block=args.ft_window if focal else args.block, stride=1 if focal else args.stride)
-        out = pipeline.run(pair)
+        out = pipeline.run(pair, progress=args.progress)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings = {
         "inputs": info, "camera": camera.to_dict(), "method": args.method,
-        "densify": "focal_track" if args.method == "focal_track" else args.densify, "bf16": args.bf16,
+        "densify": "focal_track" if args.method == "focal_track" else args.densify,
+        "bf16": getattr(pipeline.config, "bf16", False),          # resolved; Focal Track has no networks
+        "precision": precision_record(args.bf16, getattr(pipeline.config, "bf16", False)),
         "device": str(pipeline.device), "R": args.R, "stride": args.stride, "block": args.block,
         "n_margin_patch": args.n_margin_patch, "rho_prime": args.rho_prime, "tau": pipeline.config.threshold,
         "blocks": out["tiles"], "timing_s": out["timing"],
@@ -253,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "(out_of_range) and settings.json: treat them as unreliable")
     t = out["timing"]
     print(f"depth for {info['size'][0]}×{info['size'][1]} pixels ({out['tiles']} block"
-          f"{'s' if out['tiles'] != 1 else ''}) in {t['total']:.2f} s on {pipeline.device}")
+          f"{'s' if out['tiles'] != 1 else ''}) in {t['total']:.2f} s on {pipeline.device}"
+          f" ({settings['precision']['networks']})")
     print(f"outputs written to {args.out}/: {', '.join(files)}")
     return 0
 

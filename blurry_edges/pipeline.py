@@ -21,14 +21,22 @@ Two facts keep large images cheap without changing a single number:
   patch positions) never holds more than ``render_chunk`` rendered patches at a time.
 
 Everything runs under ``torch.no_grad()`` on the device of the pipeline; bf16 autocast (optional)
-covers the networks only, the renderer and the ridge regression stay in float32.
+covers the networks only, the renderer and the ridge regression stay in float32. On the CPU under
+bf16 the convolutional networks (local stage, U-Net) run channels_last, as in training.
+
+Progress (:class:`StageProgress`): ``run(progress=None)`` shows one tqdm bar per stage (local stage,
+global stage over the blocks, render, densify) only for an image cut into several blocks, so the
+evaluation of 147×147 scenes stays as quiet as before; ``progress=True`` always shows them
+(``python -m blurry_edges.infer``), ``progress=False`` never.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,12 +45,12 @@ from torch import nn
 from .camera import CameraParams
 from .densify import DTParams, domain_transform_densify
 from .patches import BlockLayout, PatchGrid
-from .features import autocast_context, local_features, pair_tokens
+from .features import autocast_context, channels_last_copy, local_features, pair_tokens, resolve_bf16
 from .wedges import WedgeRenderer, decode_global
 
 __all__ = [
-    "DENSIFY_MODES", "TAU_SPARSE", "RHO_PRIME", "PipelineConfig", "DepthPipeline", "build_pipeline",
-    "normalize_densify", "as_pair_tensor", "tile_token_index",
+    "DENSIFY_MODES", "TAU_SPARSE", "RHO_PRIME", "PipelineConfig", "DepthPipeline", "StageProgress",
+    "build_pipeline", "normalize_densify", "as_pair_tensor", "tile_token_index",
 ]
 
 #: Final-depth modes: sparse (``none``), the authors' dense-mask variant ``w``, U-Net completion
@@ -78,7 +86,8 @@ class PipelineConfig:
         rho_prime: optical power (1/m) of the refocused view (10.39).
         tau: confidence threshold of the sparse depth; ``None`` means 0.05, or 0 for ``"w"``
             (the authors' choices).
-        bf16: bf16 autocast for the three networks (the renderer stays float32).
+        bf16: bf16 autocast for the three networks (the renderer stays float32); a bool, already
+            resolved (``--bf16 auto`` is resolved by :func:`build_pipeline` / ``features.resolve_bf16``).
         margin: margin patches ``m`` dropped on every inner tile border (large images, README "Evaluate on a test set").
         local_chunk: patches per local-stage forward pass (bounds memory; 256 is fastest on a 2-core CPU,
             where one batch of 8192 is ~1.5× slower).
@@ -105,6 +114,10 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "densify", normalize_densify(self.densify))
+        if not isinstance(self.bf16, (bool, np.bool_)):
+            raise ValueError(f"PipelineConfig.bf16 must be True or False, got {self.bf16!r}; resolve 'auto'/'on'/'off' "
+                             "with blurry_edges.features.resolve_bf16 (build_pipeline(bf16=...) does)")
+        object.__setattr__(self, "bf16", bool(self.bf16))
         if self.dt_guide not in ("mean", "image1"):
             raise ValueError(f"dt_guide must be 'mean' or 'image1', got {self.dt_guide!r}")
         if self.tau is not None and not (0.0 <= self.tau < 1.0):
@@ -151,6 +164,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _ignore(n: int = 1) -> None:
+    return None
+
+
+class StageProgress:
+    """Progress of one pair through the stages: one tqdm bar per stage, on stdout like the per-scene
+    bar of the evaluation (so it nests under it) and cleared when the stage ends (``leave=False``).
+
+    Disabled (``enabled=False``), :meth:`stage` yields a no-op, so the stages call it unconditionally.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+
+    @contextlib.contextmanager
+    def stage(self, desc: str, total: int, unit: str) -> Iterator[Callable[[int], object]]:
+        """A bar of ``total`` ``unit``s for the duration of the block; yields its ``update(n)``."""
+        if not self.enabled:
+            yield _ignore
+            return
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stdout, dynamic_ncols=True)
+        try:
+            yield bar.update
+        finally:
+            bar.close()
+
+
+_QUIET = StageProgress(False)
+
+
 class DepthPipeline:
     """Local stage → global stage → renderer → global maps → final depth, for one image pair.
 
@@ -181,6 +226,11 @@ class DepthPipeline:
         self.local = local_model.to(self.device).eval()
         self.glob = global_model.to(self.device).eval()
         self.unet = unet.to(self.device).eval() if unet is not None else None
+        if self.device.type == "cpu" and config.bf16:
+            # oneDNN runs bf16 convolutions fastest channels_last (README "Training on a CPU"); a copy,
+            # so the caller's modules (and a float32 pipeline sharing them) keep their format
+            self.local = channels_last_copy(self.local)
+            self.unet = channels_last_copy(self.unet) if self.unet is not None else None
         self.renderer = WedgeRenderer(R, self.camera)
         rows, cols = getattr(global_model, "rows", None), getattr(global_model, "cols", None)
         if rows is None or cols is None:
@@ -245,38 +295,46 @@ class DepthPipeline:
         return out.float()
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
-        """Local stage + ridge colors for every patch of both images: ``[2, 3, H, W]`` → tokens ``[P, 38]``."""
+    def features(self, x: torch.Tensor, grid: PatchGrid, progress: StageProgress = _QUIET) -> torch.Tensor:
+        """Local stage + ridge colors for every patch of both images: ``[2, 3, H, W]`` → tokens ``[P, 38]``
+        (``progress``: a :class:`StageProgress`, counting patches; none by default)."""
         out = []
         # Bands only bound memory on large images; whole-image batches for the paper's 147×147.
         step = max(1, max(self.config.render_chunk, 8192) // grid.Wp)
-        for r0 in range(0, grid.Hp, step):
-            r1 = min(grid.Hp, r0 + step)
-            _, patches = self._band(x, grid, r0, r1)                      # [2, n, 3, R, R]
-            n = patches.shape[1]
-            f = local_features(self.local, self.renderer, patches.reshape(2 * n, *patches.shape[2:]),
-                               chunk=self.config.local_chunk, bf16=self.config.bf16)
-            f = f.view(2, n, -1)
-            out.append(pair_tokens(f[0], f[1]))
+        with progress.stage("local stage", 2 * grid.num_patches, "patch") as update:
+            for r0 in range(0, grid.Hp, step):
+                r1 = min(grid.Hp, r0 + step)
+                _, patches = self._band(x, grid, r0, r1)                      # [2, n, 3, R, R]
+                n = patches.shape[1]
+                f = local_features(self.local, self.renderer, patches.reshape(2 * n, *patches.shape[2:]),
+                                   chunk=self.config.local_chunk, bf16=self.config.bf16, progress=update)
+                f = f.view(2, n, -1)
+                out.append(pair_tokens(f[0], f[1]))
         return torch.cat(out, dim=0)
 
     @torch.no_grad()
-    def global_params(self, x: torch.Tensor, blocks: Optional[bool] = None,
-                      timing: Optional[dict] = None) -> torch.Tensor:
-        """Raw global-stage outputs over the image's full patch grid: ``[2, 3, H, W]`` → ``[P, 12]``."""
+    def global_params(self, x: torch.Tensor, blocks: Optional[bool] = None, timing: Optional[dict] = None,
+                      progress: StageProgress = _QUIET) -> torch.Tensor:
+        """Raw global-stage outputs over the image's full patch grid: ``[2, 3, H, W]`` → ``[P, 12]``
+        (``progress``: a :class:`StageProgress` for the local stage, then the blocks; none by default)."""
         H, W = x.shape[-2:]
         layout = self.layout(H, W, blocks)                                # validates before any work
         grid = PatchGrid(H, W, self.config.R, self.config.stride)
         t0 = time.perf_counter()
-        tokens = self.features(x, grid)                                   # [P, 38]
+        tokens = self.features(x, grid, progress)                         # [P, 38]
         _sync(self.device)
         t1 = time.perf_counter()
         if layout is None:
-            raw = self._global_forward(tokens[None])[0]
+            with progress.stage("global stage", 1, "image") as update:
+                raw = self._global_forward(tokens[None])[0]
+                update(1)
         else:
             idx = tile_token_index(layout).to(tokens.device)              # [T, Pb]
-            outs = [self._global_forward(tokens[idx[i:i + self.config.tile_batch]])
-                    for i in range(0, idx.shape[0], self.config.tile_batch)]
+            outs = []
+            with progress.stage("global stage", idx.shape[0], "block") as update:
+                for i in range(0, idx.shape[0], self.config.tile_batch):
+                    outs.append(self._global_forward(tokens[idx[i:i + self.config.tile_batch]]))
+                    update(outs[-1].shape[0])
             raw = layout.assemble(torch.cat(outs, dim=0))                 # [P, 12]
         _sync(self.device)
         if timing is not None:
@@ -285,12 +343,14 @@ class DepthPipeline:
         return raw
 
     @torch.no_grad()
-    def render_maps(self, raw: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def render_maps(self, raw: torch.Tensor, x: torch.Tensor,
+                    progress: StageProgress = _QUIET) -> dict[str, torch.Tensor]:
         """Render every patch from the global outputs and fold once over the full grid (Eqs. 9–20).
 
         Args:
             raw: ``[P, 12]`` global-stage outputs over the full patch grid of ``x``.
             x: ``[2, 3, H, W]`` the noisy pair (the shared colors are fitted to both images).
+            progress: a :class:`StageProgress`, counting rendered patches (none by default).
         Returns:
             ``color [2, 3, H, W]``, ``sharpened [3, H, W]``, ``refocused [3, H, W]``, ``boundary [H, W]``,
             ``depth_raw [H, W]`` (mean wedge depth over the owning patches) and ``confidence [H, W]``.
@@ -302,18 +362,20 @@ class DepthPipeline:
         # channels: color of image 1 and 2 (6), sharpened (3), refocused (3), boundary, owned, depth
         acc = torch.zeros(15, H, W, device=x.device, dtype=torch.float32)
         step = self._band_rows(grid)
-        for r0 in range(0, grid.Hp, step):
-            r1 = min(grid.Hp, r0 + step)
-            _, patches = self._band(x, grid, r0, r1)                      # [2, n, 3, R, R]
-            geom, eta = decode_global(raw[r0 * grid.Wp:r1 * grid.Wp])     # [n, 8], [n, 2, 2]
-            pr = self.renderer.render_pair(geom, eta, patches.transpose(0, 1),
-                                           mask_variant=self.config.mask_variant)
-            sharp = self.renderer.sharpened(pr.dists, pr.colors)
-            refoc = self.renderer.refocused(pr.dists, pr.colors, pr.mask, pr.wedge_depth, self.config.rho_prime)
-            owned = (pr.mask > 0).to(torch.float32)
-            stack = torch.cat([pr.patches.flatten(1, 2), sharp, refoc, pr.boundary[:, None],
-                               owned[:, None], (pr.depth * owned)[:, None]], dim=1)    # [n, 15, R, R]
-            grid.fold_band_into(acc, r0, stack)
+        with progress.stage("render", grid.num_patches, "patch") as update:
+            for r0 in range(0, grid.Hp, step):
+                r1 = min(grid.Hp, r0 + step)
+                _, patches = self._band(x, grid, r0, r1)                      # [2, n, 3, R, R]
+                geom, eta = decode_global(raw[r0 * grid.Wp:r1 * grid.Wp])     # [n, 8], [n, 2, 2]
+                pr = self.renderer.render_pair(geom, eta, patches.transpose(0, 1),
+                                               mask_variant=self.config.mask_variant)
+                sharp = self.renderer.sharpened(pr.dists, pr.colors)
+                refoc = self.renderer.refocused(pr.dists, pr.colors, pr.mask, pr.wedge_depth, self.config.rho_prime)
+                owned = (pr.mask > 0).to(torch.float32)
+                stack = torch.cat([pr.patches.flatten(1, 2), sharp, refoc, pr.boundary[:, None],
+                                   owned[:, None], (pr.depth * owned)[:, None]], dim=1)    # [n, 15, R, R]
+                grid.fold_band_into(acc, r0, stack)
+                update(patches.shape[1])
         cov = grid.coverage(x.device, torch.float32).clamp_min(1)
         n_owned = acc[13]
         return {
@@ -349,8 +411,13 @@ class DepthPipeline:
         return out
 
     @torch.no_grad()
-    def run(self, pair: ArrayOrTensor, blocks: Optional[bool] = None) -> dict[str, Any]:
+    def run(self, pair: ArrayOrTensor, blocks: Optional[bool] = None,
+            progress: Optional[bool] = None) -> dict[str, Any]:
         """All outputs for one noisy pair (photon counts / α), ``[2, H, W, 3]`` or ``[2, 3, H, W]``.
+
+        ``blocks``: see :meth:`layout`. ``progress``: tqdm bars per stage on stdout (:class:`StageProgress`);
+        ``None`` shows them only when the image is cut into more than one block, ``True`` always,
+        ``False`` never.
 
         Returns a dict of CPU float32 tensors: ``color [2, 3, H, W]`` (restored color maps),
         ``sharpened [3, H, W]``, ``refocused [3, H, W]``, ``boundary [H, W]``, ``depth_raw [H, W]``
@@ -362,19 +429,23 @@ class DepthPipeline:
         _sync(self.device)
         t0 = time.perf_counter()
         x = as_pair_tensor(pair, self.device)
+        layout = self.layout(*x.shape[-2:], blocks)                      # validates before any work
+        tiles = 1 if layout is None else len(layout.origins())
+        bar = StageProgress(tiles > 1 if progress is None else progress)
         timing: dict[str, float] = {}
-        raw = self.global_params(x, blocks, timing)
+        raw = self.global_params(x, blocks, timing, progress=bar)
         t1 = time.perf_counter()
-        maps = self.render_maps(raw, x)
+        maps = self.render_maps(raw, x, progress=bar)
         _sync(self.device)
         t2 = time.perf_counter()
-        maps.update(self.finalize_depth(maps))
-        _sync(self.device)
+        with bar.stage(f"densify ({self.config.densify})", 1, "map") as update:
+            maps.update(self.finalize_depth(maps))
+            _sync(self.device)
+            update(1)
         t3 = time.perf_counter()
         timing.update(render_fold=t2 - t1, densify=t3 - t2, total=t3 - t0)
         out: dict[str, Any] = {k: v.detach().float().cpu() for k, v in maps.items()}
-        layout = self.layout(*x.shape[-2:], blocks)
-        out["tiles"] = 1 if layout is None else len(layout.origins())
+        out["tiles"] = tiles
         out["timing"] = timing
         return out
 
@@ -400,7 +471,7 @@ def tile_token_index(layout: BlockLayout) -> torch.Tensor:
 def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Optional[str] = "none",
                    R: Optional[int] = None, stride: Optional[int] = None, img_size: Optional[Sequence[int]] = None,
                    camera: CameraParams | None = None, device: torch.device | str = "cpu",
-                   bf16: bool = False, rho_prime: float = RHO_PRIME, margin: int = 10,
+                   bf16: "bool | str | None" = False, rho_prime: float = RHO_PRIME, margin: int = 10,
                    local_weights: str | Path | None = None, global_weights: str | Path | None = None,
                    pp_weights: str | Path | None = None, tile_batch: int = 1,
                    dt_params: DTParams | None = None, dt_guide: str = "mean",
@@ -415,6 +486,8 @@ def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Op
     regular test script, one block for large images) default to what the weights record, else 21,
     2 and 147 × 147; a value that contradicts the weights, or local and global weights of different
     R or stride, is a ``ValueError``. The pipeline keeps the chosen files in ``weight_files``.
+    ``bf16``: ``True``/``False`` or ``"auto"``/``"on"``/``"off"`` (``--bf16``), resolved for ``device``
+    by :func:`blurry_edges.features.resolve_bf16`; the pipeline's ``config.bf16`` is the result.
     """
     from .models import GlobalStage, LocalStage, UNet, load_weights
     from .runs import choose_weights, settings_from_weights, weights_meta
@@ -435,6 +508,7 @@ def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Op
     if (H - R) % stride or (W - R) % stride:
         raise ValueError(f"img_size {H}×{W} does not fit the patch grid: (size − R) must be a multiple of the stride")
     device = torch.device(device)
+    bf16 = resolve_bf16(bf16, device)
     local = LocalStage(R=R)
     load_weights(local, files["local"], map_location="cpu", what="local stage")
     glob = GlobalStage(patch_rows=grid.Hp, patch_cols=grid.Wp, stride=stride)

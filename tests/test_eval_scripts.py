@@ -94,6 +94,32 @@ def test_regular_script_every_mode(weights, authors_set, tmp_path, mode):
         assert np.all(m["depth"][m["confidence"] <= 0.05] == 0)
 
 
+def test_one_block_scenes_show_no_stage_bars(weights, authors_set, tmp_path, capsys):
+    """The evaluation of one-block scenes (147×147 at the paper's size) keeps only its scene bar."""
+    argv = [*SMALL, "--model_path", str(weights), "--data_path", str(authors_set), "--log_path", str(tmp_path),
+            "--max_scenes", "1", "--no_figures"]
+    assert run_eval_script(argv) == 0
+    out = capsys.readouterr().out
+    assert "scenes:" in out and "local stage:" not in out and "global stage:" not in out
+
+
+@pytest.mark.parametrize("flag, native, bf16", [([], True, False), (["--bf16"], False, True),
+                                                (["--bf16", "auto"], False, False), (["--bf16", "auto"], True, True)])
+def test_bf16_option_of_the_test_scripts(weights, authors_set, tmp_path, monkeypatch, flag, native, bf16):
+    """--bf16 {auto,on,off}: default off, bare = on, auto = on only where the CPU has native bf16;
+    the resolved precision names the run folder and is recorded in summary.json."""
+    import blurry_edges.features as features
+
+    monkeypatch.setattr(features, "native_bf16", lambda: native)
+    argv = [*SMALL, "--model_path", str(weights), "--data_path", str(authors_set), "--log_path", str(tmp_path),
+            "--max_scenes", "1", "--no_figures", "--no_progress", *flag]
+    assert run_eval_script(argv) == 0
+    summary = json.loads((tmp_path / ("test_sparse_bf16" if bf16 else "test_sparse") / "summary.json").read_text())
+    assert summary["config"]["bf16"] is bf16 and summary["precision"]["bf16"] is bf16
+    assert summary["precision"]["bf16_requested"] == summary["args"]["bf16"] == (flag[1] if len(flag) == 2 else
+                                                                                 "on" if flag else "off")
+
+
 def test_densify_flag_without_value_means_sparse(weights, authors_set, tmp_path):
     argv = [*SMALL, "--model_path", str(weights), "--data_path", str(authors_set), "--log_path", str(tmp_path),
             "--max_scenes", "1", "--no_figures", "--run_name", "r", "--densify"]
@@ -126,12 +152,18 @@ def test_big_script_on_one_block_equals_regular(weights, authors_set, tmp_path):
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
 
 
-def test_big_script_on_several_blocks(weights, tmp_path):
+def test_big_script_on_several_blocks(weights, tmp_path, capsys):
     data = write_authors_set(tmp_path / "big", 1, 37, seed=5)       # 25 + 12: 2×2 blocks
     argv = [*SMALL, "--model_path", str(weights), "--data_path", str(data), "--log_path", str(tmp_path),
             "--n_margin_patch", "1", "--big_img_size", "37", "37"]
     assert run_eval_script(argv, big=True) == 0
     _check_run(tmp_path / "test_big_sparse", 1, True, size=37)
+    shown = capsys.readouterr().out                 # the stage bars of each pair, under the scene bar
+    for stage in ("scenes:", "local stage:", "global stage:", "render:", "densify (none):"):
+        assert stage in shown, stage
+    assert run_eval_script([*argv, "--no_progress", "--no_figures", "--run_name", "quiet"], big=True) == 0
+    hidden = capsys.readouterr().out
+    assert "%|" not in hidden and "scene 0000: delta1=" in hidden       # no bar; the per-scene line stays
     # a wrong --big_img_size is a clear error
     assert run_eval_script([*argv, "--big_img_size", "41", "41"], big=True) == 2
 

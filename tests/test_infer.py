@@ -157,3 +157,56 @@ def test_error_cases(weights, tmp_path, capsys):
     assert not out.exists()                                        # nothing written on errors
     with pytest.raises(ImageInputError):
         read_image(tmp_path / "x.gif")
+
+
+# ----------------------------------------------------------------------------- --bf16, progress
+@pytest.mark.parametrize("flag, native, bf16", [
+    ([], True, False),                       # default off (float32), even where bf16 is native
+    (["--bf16"], False, True),               # a bare --bf16 means on (the former store_true flag)
+    (["--bf16", "auto"], False, False),      # auto: float32 where the CPU emulates bf16 …
+    (["--bf16", "auto"], True, True),        # … bf16 where it computes it natively
+    (["--bf16", "OFF"], True, False),
+])
+def test_bf16_option_resolves_and_is_recorded(weights, tmp_path, capsys, monkeypatch, flag, native, bf16):
+    import blurry_edges.features as features
+
+    monkeypatch.setattr(features, "native_bf16", lambda: native)
+    a = tmp_path / "a.png"
+    cv2.imwrite(str(a), scene(25, 25).astype(np.uint8))
+    out = tmp_path / "out"
+    assert main([*args(weights, out, a, a), *flag, "--no_progress"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    requested = flag[1].lower() if len(flag) == 2 else ("on" if flag else "off")
+    assert settings["bf16"] is bf16
+    assert settings["precision"] == {"bf16_requested": requested, "bf16": bf16, "cpu_native_bf16": native,
+                                     "networks": "bf16 autocast" if bf16 else "float32"}
+    assert ("bf16 autocast" if bf16 else "float32") in capsys.readouterr().out
+
+
+def test_bf16_option_rejects_other_values(weights, tmp_path, capsys):
+    a = tmp_path / "a.png"
+    cv2.imwrite(str(a), scene(25, 25).astype(np.uint8))
+    with pytest.raises(SystemExit) as e:
+        main([*args(weights, tmp_path / "out", a, a), "--bf16", "fast"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "'fast' is not one of auto, on, off" in err
+    with pytest.raises(SystemExit):                   # a bare --bf16 right before the image paths
+        main(["--bf16", str(a), str(a), "--out", str(tmp_path / "out")])
+    assert "write '--bf16 on'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_of_an_own_pair(weights, tmp_path, capsys):
+    """infer shows the stage bars for any pair (here 37×37 = 2×2 blocks); --no_progress hides them."""
+    a = tmp_path / "a.png"
+    cv2.imwrite(str(a), scene(37, 37).astype(np.uint8))
+    assert main(args(weights, tmp_path / "o1", a, a)) == 0
+    shown = capsys.readouterr().out
+    for stage in ("local stage:", "global stage:", "render:", "densify (none):"):     # the bars' labels
+        assert stage in shown, stage
+    assert "0/4 [" in shown                                       # the global stage counts the 4 blocks
+    assert main([*args(weights, tmp_path / "o2", a, a), "--no_progress"]) == 0
+    hidden = capsys.readouterr().out
+    assert "local stage:" not in hidden and "%|" not in hidden and "outputs written" in hidden
+    np.testing.assert_array_equal(np.load(tmp_path / "o1" / "depth.npy"), np.load(tmp_path / "o2" / "depth.npy"))
