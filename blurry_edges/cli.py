@@ -92,8 +92,8 @@ def add_bf16_argument(parser, *, default: str, help: str) -> None:
                         metavar="{" + ",".join(BF16_CHOICES) + "}", help=help)
 
 
-#: Inference keeps float32 by default until bf16 is measured with trained weights (the README section "Speed": sparse
-#: and PP δ1 within 0.005, RMSE within 0.05 cm of float32; README "Speed").
+#: Inference keeps float32 by default until bf16 is measured with trained weights to keep sparse and
+#: PP δ1 within 0.005 and RMSE within 0.05 cm of float32 (README section "Speed").
 INFERENCE_BF16_DEFAULT = "off"
 
 
