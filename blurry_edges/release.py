@@ -2,6 +2,8 @@
 
     python -m blurry_edges.release local  checkpoints/run/best_run_exp_local_stage.pth  --recipe "README 'Training on a CPU', stage 1"
     python -m blurry_edges.release global checkpoints/run/best_run_exp_global_stage.pth --recipe "..."
+    python -m blurry_edges.release curves pretrained_weights/curves/stage3.png \
+        "local stage=logs/local_stage3/loss_curve_exp_local_stage" "global stage=logs/global_stage3/loss_curve_exp_global_stage"
 
 The file keeps the training's meta (R, stride, image size, epoch, validation loss, samples and
 steps seen, minutes and processes, the commit that trained it) and adds ``recipe``,
@@ -50,7 +52,79 @@ def ship(stage: str, src: str | Path, recipe: str, out_dir: str | Path = WEIGHT_
     return save_weights(model, dst, meta=meta, half=True)
 
 
+def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: int = 120) -> Path:
+    """One figure of a training stage's loss curves, a panel per run, for ``TRAINING.md``.
+
+    Args:
+        runs: ``(label, stem)`` pairs; ``stem`` is a training's ``<log_path>/loss_curve_<name>``, whose
+            ``.npy`` (validation loss per epoch) and ``_train.npy`` (mean training loss per epoch) the
+            training scripts write.
+        out: the PNG to write.
+    Epochs are numbered from 1, as in the text logs; log scale where every value is positive.
+    """
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not runs:
+        raise ValueError("no run given: pass LABEL=LOG_PATH/loss_curve_<name> for each training")
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
+    for ax, (label, stem) in zip(axes[0], runs):
+        stem = Path(str(stem).removesuffix(".npy"))
+        val_file = stem.with_name(stem.name + ".npy")
+        if not val_file.is_file():
+            raise FileNotFoundError(f"{val_file} does not exist; give the stem LOG_PATH/loss_curve_<name> of a "
+                                    f"training's log folder")
+        curves = {"validation": np.load(val_file)}
+        train_file = stem.with_name(stem.name + "_train.npy")
+        if train_file.is_file():
+            curves["training (mean of the epoch)"] = np.load(train_file)
+        positive = all((c > 0).all() for c in curves.values() if c.size)
+        for name, c in curves.items():
+            ax.plot(np.arange(1, c.size + 1), c, marker="o", label=name)
+        if positive:
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def _curves_main(argv: Sequence[str]) -> Path:
+    p = argparse.ArgumentParser(prog="python -m blurry_edges.release curves",
+                                description="One figure of a stage's loss curves for pretrained_weights/TRAINING.md.")
+    p.add_argument("out", help="the PNG to write, e.g. pretrained_weights/curves/stage3.png")
+    p.add_argument("runs", nargs="+", metavar="LABEL=STEM",
+                   help="a panel per training: its label and LOG_PATH/loss_curve_<name>")
+    args = p.parse_args(argv)
+    runs = []
+    for item in args.runs:
+        label, sep, stem = item.partition("=")
+        if not sep or not label or not stem:
+            p.exit(2, f"error: {item!r} is not LABEL=LOG_PATH/loss_curve_<name>\n")
+        runs.append((label, stem))
+    try:
+        out = plot_curves(runs, args.out)
+    except FileNotFoundError as e:
+        p.exit(2, f"error: {e}\n")
+    print(f"wrote {out}")
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Path:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["curves"]:
+        return _curves_main(argv[1:])
     p = argparse.ArgumentParser(description="Ship trained weights to pretrained_weights/ (fp16, with their recipe).")
     p.add_argument("stage", choices=sorted(STAGES))
     p.add_argument("weights", help="the best_run_exp_*.pth file a training wrote")

@@ -50,3 +50,20 @@ def test_shipped_weights_load_strictly_and_carry_their_recipe(key, model):
     load_weights(model(meta), path)                                    # strict: every name and shape
     missing = [k for k in META_KEYS if meta.get(k) is None]
     assert not missing, f"{path.name} lacks {missing} in its meta"
+
+
+def test_release_curves_figure(tmp_path, capsys):
+    import numpy as np
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    np.save(logs / "loss_curve_exp_local_stage.npy", np.array([0.1, 0.08, 0.075]))
+    np.save(logs / "loss_curve_exp_local_stage_train.npy", np.array([0.12, 0.09, 0.08]))
+    out = main(["curves", str(tmp_path / "fig" / "stage.png"), f"local={logs / 'loss_curve_exp_local_stage'}"])
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:                     # a stem that does not exist
+        main(["curves", str(tmp_path / "x.png"), f"global={logs / 'loss_curve_exp_global_stage'}"])
+    assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:                     # no label
+        main(["curves", str(tmp_path / "x.png"), str(logs / "loss_curve_exp_local_stage")])
+    assert e.value.code == 2 and "LABEL=" in capsys.readouterr().err
