@@ -58,6 +58,10 @@ def get_args(argv=None) -> argparse.Namespace:
                         "attention (CPU recipe: ~1.6× faster per step, no T×T maps kept for backward)")
     p.add_argument("--densify", type=str, default=None, choices=["w"],
                    help="'w': train the dense W variant (our design) instead of the sparse global stage")
+    p.add_argument("--beta_blur", type=float, default=0.0,
+                   help="weight of our supervised blur term (not the paper's; 0 = the paper's objective): the "
+                        "squared error of each boundary's η in both images against the blur of its true depth; "
+                        "sparse objective only (README: Training on a CPU)")
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these global-stage weights (e.g. the sparse ones, to fine-tune the W variant)")
     add_runtime_args(p, seed=1898, deterministic=True)
@@ -126,7 +130,9 @@ def main(argv=None) -> dict:
         if args.init_from:
             meta = load_weights(model, args.init_from, what="global stage")
             settings_from_weights({"weights": (args.init_from, meta)}, R=args.R, stride=args.stride)
-        task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops)
+        if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
+            raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
+        task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur)
         out = fit(task, train_set, val_set, loop_config(args), ctx)
         print_outputs(out, ctx.is_main)
         return out

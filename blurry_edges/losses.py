@@ -198,6 +198,20 @@ class GlobalSchedule:
 
 
 # ============================================================================ local stage
+def true_blur(camera, depth: torch.Tensor, rho, R: int) -> torch.Tensor:
+    """``σ_px(z, ρ) / (R//2)`` (Eq. 3 in patch units) where ``depth > 0``, 0 elsewhere; ``rho``
+    broadcasts against ``depth``. The target of the supervised blur terms (``--beta_blur``)."""
+    on = depth > 0
+    z = torch.where(on, depth, torch.ones_like(depth))
+    return torch.where(on, camera.eta_from_depth(z, rho, R), torch.zeros_like(z))
+
+
+def owner_eta(mask: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """η of the wedge owning each pixel: mask ``[..., R, R]`` (0/1/2), η ``[..., 2 (wedge)]`` → ``[..., R, R]``
+    (wedge 1's η where nothing owns the pixel; callers mask those out)."""
+    return torch.where(mask == 2, eta[..., 1, None, None], eta[..., 0, None, None])
+
+
 class LocalLoss:
     """Objective of the local stage (paper Sec. 3.4, Eq. 21) for a batch of single patches.
 
@@ -225,10 +239,7 @@ class LocalLoss:
         ``[B]`` image indices (0: ρ1, 1: ρ2) → ``[B, R, R]`` η (0 off boundaries)."""
         cam = self.renderer.camera
         rhos = torch.tensor([cam.rho_1, cam.rho_2], dtype=bndry_depth.dtype, device=bndry_depth.device)
-        rho = rhos[image.long()][:, None, None]
-        on = bndry_depth > 0
-        z = torch.where(on, bndry_depth, torch.ones_like(bndry_depth))
-        return torch.where(on, cam.eta_from_depth(z, rho, self.R), torch.zeros_like(z))
+        return true_blur(cam, bndry_depth, rhos[image.long()][:, None, None], self.R)
 
     def terms(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
               bndry_dist: torch.Tensor, deri: torch.Tensor, bndry_depth: Optional[torch.Tensor] = None,
@@ -257,7 +268,7 @@ class LocalLoss:
         if bndry_depth is not None and image is not None:
             target = self.true_eta(bndry_depth.to(eta.dtype), image)
             owner = ownership_mask(dists.detach(), "sparse", self.renderer.delta)
-            eta_px = torch.where(owner == 2, eta[:, 1, None, None], eta[:, 0, None, None])
+            eta_px = owner_eta(owner, eta)
             valid = (target > 0) & (owner > 0)
             count = valid.sum()
             err = torch.where(valid, (eta_px - target).square(), torch.zeros_like(target)).sum()
@@ -297,13 +308,27 @@ class GlobalLoss:
     ownership mask. ``mask_variant="w"`` with the dense per-pixel depth as target is our objective
     for the "W" variant (the authors publish no code for it).
 
+    With ``beta_blur > 0`` (ours, not the paper's; CPU recipe) an eighth term ``blur`` is added with
+    that constant weight: the local stage's supervised blur term for both images, i.e. the squared
+    error of the owning wedge's η in image k against ``σ_px(z, ρ_k)/(R//2)`` over the pixels where
+    the boundary depth and the ownership mask are non-zero. The depth term alone constrains only
+    ``η1² − η2²`` (Eq. 7); this also pins each η to the blur the image shows.
+
     Args:
         renderer: a :class:`WedgeRenderer` of patch size ``R``.
         grid: the image's :class:`PatchGrid` (same ``R``); its fold normalizer is cached.
         mask_variant: ``"sparse"`` or ``"w"`` (ownership masks, paper Eq. 19).
+        beta_blur: weight of the blur term (0: the paper's objective).
     """
 
-    def __init__(self, renderer: WedgeRenderer, grid: PatchGrid, mask_variant: str = "sparse") -> None:
+    def __init__(self, renderer: WedgeRenderer, grid: PatchGrid, mask_variant: str = "sparse",
+                 beta_blur: float = 0.0) -> None:
+        if not beta_blur >= 0:
+            raise ValueError(f"beta_blur={beta_blur} must be ≥ 0")
+        if beta_blur > 0 and mask_variant != "sparse":
+            raise ValueError("the blur term supervises η on true boundary pixels: sparse objective only (--beta_blur 0 "
+                             "with --densify w)")
+        self.beta_blur = float(beta_blur)
         if grid.R != renderer.R:
             raise ValueError(f"patch grid R={grid.R} differs from the renderer's R={renderer.R}")
         if mask_variant not in ("sparse", "w"):
@@ -369,6 +394,15 @@ class GlobalLoss:
         n_valid = valid.sum()
         depth_err = torch.where(valid, pr.depth - target_p, torch.zeros_like(target_p)).square().sum()
         depth_term = depth_err / n_valid.clamp_min(1).to(depth_err.dtype)
+        extra = {}
+        if self.beta_blur > 0:
+            cam = self.renderer.camera
+            err = torch.zeros((), dtype=depth_err.dtype, device=depth_err.device)
+            for k, rho in enumerate(cam.rhos):
+                target_eta = true_blur(cam, target_p, rho, grid.R)
+                err = err + torch.where(valid, owner_eta(pr.mask, eta[..., k, :]) - target_eta,
+                                        torch.zeros_like(target_eta)).square().sum()
+            extra["blur"] = err / (2 * n_valid.clamp_min(1)).to(err.dtype)
 
         return {
             "color": (clean_p - patches).square().sum(-3).mean(),
@@ -378,6 +412,7 @@ class GlobalLoss:
             "smthns_cons": (patch_deri - g_deri_p).square().sum(-3).mean(),
             "bndry_loc": (log_dist_p * bndry).square().mean(),
             "depth": depth_term,
+            **extra,
         }
 
     def __call__(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
@@ -388,6 +423,8 @@ class GlobalLoss:
         total = w[GAMMA_NAMES[0]] * t[GAMMA_NAMES[0]]
         for name in GAMMA_NAMES[1:]:
             total = total + w[name] * t[name]
+        if self.beta_blur > 0:
+            total = total + self.beta_blur * t["blur"]
         return total
 
 

@@ -145,3 +145,59 @@ def test_local_training_with_blur_term_and_init_from(tmp_path):
     assert "beta_blur" in log and "init_from" in log
     with pytest.raises(SystemExit):
         local_training.main(["--data_path", str(data), "--beta_blur", "-1"] + _common(tmp_path / "c"))
+
+
+def test_global_blur_term_matches_a_direct_computation():
+    """The global stage's blur term (ours): both images' owning-wedge η against the true blur, on the
+    pixels where the boundary depth and the sparse ownership mask are non-zero; the total adds it."""
+    import torch.nn.functional as F
+
+    from blurry_edges.losses import GlobalLoss, GlobalSchedule
+    from blurry_edges.patches import PatchGrid
+    from blurry_edges.wedges import decode_global, ownership_mask, wedge_distances
+    from test_losses import _scene_batch
+
+    R, S, H, W = 11, 2, 21, 23
+    cam = CameraParams()
+    raw, noisy, clean, dist, deri, bdepth, _ = _scene_batch(2, H, W, R, S)
+    grid = PatchGrid(H, W, R, S)
+    plain = GlobalLoss(WedgeRenderer(R, cam), grid)
+    loss = GlobalLoss(WedgeRenderer(R, cam), grid, beta_blur=3.0)
+    t = loss.terms(raw, clean, clean, dist, deri, bdepth)
+
+    geom, eta = decode_global(raw)                                   # [B, P, 8], [B, P, 2, 2]
+    mask = ownership_mask(wedge_distances(geom, R))                  # [B, P, R, R]
+    target = F.unfold(bdepth[:, None], R, stride=S).transpose(1, 2).reshape(mask.shape)
+    valid = (target > 0) & (mask > 0)
+    err, n = 0.0, int(valid.sum())
+    for k, rho in enumerate((cam.rho_1, cam.rho_2)):
+        true = cam.sigma_px(target[valid], rho) / (R // 2)
+        own = torch.where(mask == 2, eta[..., k, 1, None, None], eta[..., k, 0, None, None])[valid]
+        err += float(((own - true) ** 2).sum())
+    assert n > 0 and t["blur"].item() == pytest.approx(err / (2 * n), rel=1e-9)
+    w = GlobalSchedule().at(150)
+    assert loss(raw, clean, clean, dist, deri, bdepth, w).item() == pytest.approx(
+        plain(raw, clean, clean, dist, deri, bdepth, w).item() + 3.0 * t["blur"].item(), rel=1e-9)
+    assert "blur" not in plain.terms(raw, clean, clean, dist, deri, bdepth)
+    with pytest.raises(ValueError, match="sparse"):
+        GlobalLoss(WedgeRenderer(R, cam), grid, mask_variant="w", beta_blur=1.0)
+
+
+def test_global_training_with_blur_term(tmp_path):
+    import global_data_pre_cal
+    import global_training
+    import local_training
+    from blurry_edges.models import GlobalStage, load_weights
+    from test_training_scripts import _common, write_train_val
+
+    R, size = 11, 31
+    torch.set_num_threads(1)
+    data = write_train_val(tmp_path / "data", R, size, size)
+    c = _common(tmp_path)
+    local_w = local_training.main(["--data_path", str(data), "--epoch_num", "1", "--batch_size", "4"] + c)["weights"]
+    global_data_pre_cal.main(["--data_path", str(data), "--local_weights", str(local_w), "--no_progress"] + c[:2])
+    out = global_training.main(["--data_path", str(data), "--epoch_num", "1", "--batch_size", "2", "--beta_blur", "2"] + c)
+    side = (size - R) // 2 + 1
+    assert load_weights(GlobalStage(side, side, 2), out["weights"])["beta_blur"] == 2.0
+    with pytest.raises(SystemExit, match="beta_blur"):
+        global_training.main(["--data_path", str(data), "--densify", "w", "--beta_blur", "1"] + c)

@@ -152,7 +152,7 @@ class GlobalTask(Task):
     """
 
     def __init__(self, grid, camera=None, schedule=None, variant: str = "sparse",
-                 model: Optional[nn.Module] = None, crops=None) -> None:
+                 model: Optional[nn.Module] = None, crops=None, beta_blur: float = 0.0) -> None:
         from ..losses import GlobalLoss, GlobalSchedule
         from ..models import GlobalStage
         from ..wedges import WedgeRenderer
@@ -175,7 +175,7 @@ class GlobalTask(Task):
             raise ValueError(f"global stage built for a {self.model.rows}×{self.model.cols} grid, stride "
                              f"{self.model.stride}; the data needs {grid.Hp}×{grid.Wp}, stride {grid.stride}")
         self.sched = schedule or GlobalSchedule()
-        self.criterion = GlobalLoss(WedgeRenderer(grid.R, camera), grid, mask_variant=variant)
+        self.criterion = GlobalLoss(WedgeRenderer(grid.R, camera), grid, mask_variant=variant, beta_blur=beta_blur)
 
     def schedule(self, epoch: int):
         return self.sched.at(epoch)
@@ -230,6 +230,8 @@ class GlobalTask(Task):
                 "img_size": [g.H, g.W]}
         if self.crops is not None:
             meta["crop_tokens"] = self.crops.tokens
+        if self.criterion.beta_blur > 0:        # the paper's objective keeps the paper's record
+            meta["beta_blur"] = self.criterion.beta_blur
         return meta
 
 
