@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import CropLayout, PatchGrid
@@ -62,6 +64,10 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="weight of our supervised blur term (not the paper's; 0 = the paper's objective): the "
                         "squared error of each boundary's η in both images against the blur of its true depth; "
                         "sparse objective only (README: Training on a CPU)")
+    p.add_argument("--pass_through_steps", type=int, default=0,
+                   help="CPU recipe: first teach the global stage to repeat the local stage's estimates for this "
+                        "many steps (mean squared error on its raw output, no rendering), then train as usual "
+                        "(README: Training on a CPU)")
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these global-stage weights (e.g. the sparse ones, to fine-tune the W variant)")
     add_runtime_args(p, seed=1898, deterministic=True)
@@ -132,6 +138,15 @@ def main(argv=None) -> dict:
             settings_from_weights({"weights": (args.init_from, meta)}, R=args.R, stride=args.stride)
         if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
+        if args.pass_through_steps < 0:
+            raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
+        if args.pass_through_steps and not args.resume:
+            from blurry_edges.train.recipe import pass_through_warm_start
+            pass_through_warm_start(model, train_set, args.pass_through_steps, batch_size=max(1, args.batch_size // ctx.world_size),
+                                    seed=args.seed + ctx.rank, log=print if ctx.is_main else (lambda *a, **k: None))
+            if ctx.world_size > 1:               # every rank starts the real objective from the same weights
+                for prm in model.parameters():
+                    torch.distributed.broadcast(prm.data, 0)
         task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur)
         out = fit(task, train_set, val_set, loop_config(args), ctx)
         print_outputs(out, ctx.is_main)

@@ -201,3 +201,50 @@ def test_global_training_with_blur_term(tmp_path):
     assert load_weights(GlobalStage(side, side, 2), out["weights"])["beta_blur"] == 2.0
     with pytest.raises(SystemExit, match="beta_blur"):
         global_training.main(["--data_path", str(data), "--densify", "w", "--beta_blur", "1"] + c)
+
+
+def test_pass_through_targets_decode_to_the_local_estimates():
+    from blurry_edges.train.recipe import pass_through_targets
+    from blurry_edges.wedges import decode_global, eta_from_logit
+
+    g = torch.Generator().manual_seed(0)
+    t1 = torch.rand(5, 19, generator=g) * 2 - 1
+    t2 = t1.clone()
+    t2[:, 8:10] = torch.rand(5, 2, generator=g) - 0.5           # other η, same wedges
+    t2[3, 0:4] = t1[3, [2, 3, 0, 1]]                              # patch 3: image 2 numbers its wedges the other way
+    t2[3, 8:10] = t2[3, [9, 8]]
+    geom, eta = decode_global(pass_through_targets(torch.cat([t1, t2], -1)))
+    assert torch.allclose(geom[:, :4], t1[:, :4] * 3)
+    assert torch.allclose(eta[:, 0], eta_from_logit(t1[:, 8:10] + 0.5))              # image 1
+    want2 = eta_from_logit(t2[:, 8:10] + 0.5)
+    want2[3] = want2[3].flip(0)
+    assert torch.allclose(eta[:, 1], want2)                                           # image 2, paired
+
+
+def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
+    import global_data_pre_cal
+    import global_training
+    import local_training
+    from blurry_edges.data import SceneDataset
+    from blurry_edges.models import GlobalStage
+    from blurry_edges.train.recipe import pass_through_targets, pass_through_warm_start
+    from test_training_scripts import _common, write_train_val
+
+    R, size = 11, 31
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = write_train_val(tmp_path / "data", R, size, size)
+    c = _common(tmp_path)
+    local_w = local_training.main(["--data_path", str(data), "--epoch_num", "1", "--batch_size", "4"] + c)["weights"]
+    global_data_pre_cal.main(["--data_path", str(data), "--local_weights", str(local_w), "--no_progress"] + c[:2])
+    ds = SceneDataset(str(data), "train", with_params=True)
+    side = (size - R) // 2 + 1
+    model = GlobalStage(side, side, 2)
+    model.set_attention_dropout(0.0)
+    losses = pass_through_warm_start(model, ds, 60, batch_size=2, lr=3e-3, log=lambda *a: None)
+    assert len(losses) == 60 and sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
+    out = global_training.main(["--data_path", str(data), "--epoch_num", "1", "--batch_size", "2",
+                                "--pass_through_steps", "3"] + _common(tmp_path / "b"))
+    assert out["finished"]
+    with pytest.raises(SystemExit, match="pass_through_steps"):
+        global_training.main(["--data_path", str(data), "--pass_through_steps", "-1"] + _common(tmp_path / "c"))

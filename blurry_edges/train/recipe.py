@@ -20,3 +20,59 @@ def cosine_lr_factor(step: int, total: int, warmup_frac: float = 0.02, min_frac:
         return (step + 1) / warm
     t = min(1.0, (step - warm) / max(1, total - 1 - warm))
     return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def pass_through_targets(tokens: "torch.Tensor") -> "torch.Tensor":
+    """The global-stage output that would repeat the local stage's estimates: ``[..., 38]`` tokens →
+    ``[..., 12]`` raw outputs (README "Training on a CPU", pass-through warm start).
+
+    Geometry is image 1's; η logits are image 1's and image 2's (``decode_global`` adds 0.5 to the
+    raw η, the tokens carry ``e − 0.5``). The local stage runs on each image alone, so its wedge 1 in
+    image 2 may be wedge 2 in image 1: image 2's η are swapped where its vertices lie nearer to image
+    1's swapped than unswapped.
+    """
+    import torch
+
+    t1, t2 = tokens[..., :19], tokens[..., 19:]
+    v1, v2 = t1[..., 0:4].unflatten(-1, (2, 2)), t2[..., 0:4].unflatten(-1, (2, 2))
+    straight = (v1 - v2).norm(dim=-1).sum(-1)
+    crossed = (v1 - v2.flip(-2)).norm(dim=-1).sum(-1)
+    e2 = torch.where((crossed < straight)[..., None], t2[..., 8:10].flip(-1), t2[..., 8:10])
+    return torch.cat([t1[..., 0:4], t1[..., 4:8], t1[..., 8:10], e2], dim=-1)
+
+
+def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, batch_size: int = 8,
+                            lr: float = 1e-3, seed: int = 0, log=print) -> list[float]:
+    """Teach the global stage to repeat its input before the real objective starts: ``steps`` AdamW
+    steps of the mean squared error between its raw output and :func:`pass_through_targets`.
+
+    No rendering: a step costs a forward and backward pass of the encoder only. Returns the loss of
+    every step. ``dataset`` items start with the ``[2, P, 19]`` tokens and, for crops, end with the
+    ``[2]`` origin (``SceneDataset``).
+    """
+    import torch
+
+    if steps <= 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(len(dataset), (batch_size,), generator=g).tolist()
+        items = [dataset[i] for i in idx]
+        params = torch.stack([it[0] for it in items])                        # [B, 2, P, 19]
+        last = items[0][-1]
+        origin = torch.stack([it[-1] for it in items]) if last.dim() == 1 and last.numel() == 2 else None
+        tokens = torch.cat([params[:, 0], params[:, 1]], dim=-1)             # [B, P, 38]
+        loss = (model(tokens, origin) - pass_through_targets(tokens)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr * cosine_lr_factor(step, steps)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step == 0 or (step + 1) % max(1, steps // 10) == 0:
+            log(f"pass-through warm start: step {step + 1}/{steps}, loss {losses[-1]:.5f}")
+    return losses
