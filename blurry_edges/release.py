@@ -65,6 +65,7 @@ def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: in
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     if not runs:
@@ -86,6 +87,7 @@ def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: in
         if positive:
             ax.set_yscale("log")
         ax.set_title(label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))   # epochs as the log numbers them
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
