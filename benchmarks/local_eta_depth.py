@@ -8,6 +8,11 @@ the non-zero boundary-depth pixels in its central 9×9). Printed: the correlatio
 wedge's depth, and the RMSE of the constant (the standard deviation of the true depths).
 
     python benchmarks/local_eta_depth.py --data_path data/train_a [--scenes 60]
+    python benchmarks/local_eta_depth.py --data_path data/train_a --global_weights checkpoints/.../best_run_exp_global_stage.pth
+
+With ``--global_weights`` it scores the global stage's wedge depths on the same patches instead (its
+two images share the wedges, so no pairing), and prints the mean and spread of its η per image: a
+global stage that saturates η or ignores its input shows here before any evaluation.
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blurry_edges.camera import CameraParams  # noqa: E402
 from blurry_edges.data import SceneDataset  # noqa: E402
+from blurry_edges.features import pair_tokens  # noqa: E402
+from blurry_edges.models import GlobalStage, load_weights  # noqa: E402
+from blurry_edges.wedges import decode_global  # noqa: E402
 
 
 def main() -> None:
@@ -29,15 +37,27 @@ def main() -> None:
     ap.add_argument("--data_path", required=True)
     ap.add_argument("--split", default="val")
     ap.add_argument("--scenes", type=int, default=60)
+    ap.add_argument("--global_weights", default=None, help="score this global stage's output instead of the tokens")
     args = ap.parse_args()
     ds = SceneDataset(args.data_path, args.split)
     cam = ds.camera or CameraParams()
     R, S = ds.R, int(ds.precal_info.get("stride", 2))
-    rows = []
+    rows, etas = [], []
+    glob = None
     for i in range(min(args.scenes, len(ds))):
         item = ds[i]
         params, bdepth = item[0], item[5]
         side = int(round(params.shape[1] ** 0.5))
+        if args.global_weights:
+            if glob is None:
+                glob = GlobalStage(side, side, S)
+                load_weights(glob, args.global_weights, what="global stage")
+                glob.eval()
+            origin = item[-1][None] if item[-1].dim() == 1 and item[-1].numel() == 2 else None
+            with torch.no_grad():
+                _, g_eta = decode_global(glob(pair_tokens(params[0], params[1])[None], origin)[0])   # [P, 2, 2]
+            g_eta = g_eta.double().view(side, side, 2, 2)
+            etas.append(g_eta.reshape(-1, 2, 2))
         p = params.view(2, side, side, 19)
         eta = torch.pow(10.0, 2 * torch.erf(p[..., 8:10] + 0.5) - 2).double()     # [2, side, side, 2]
         xy = (p[..., 0:4] * 3).view(2, side, side, 2, 2)
@@ -47,6 +67,10 @@ def main() -> None:
                 win = bdepth[r * S + c0:r * S + c1, c * S + c0:c * S + c1]
                 g = win[win > 0]
                 if g.numel() < 5:
+                    continue
+                if glob is not None:
+                    z = cam.depth_from_etas(g_eta[r, c, 0], g_eta[r, c, 1], R).clamp(cam.z_min, cam.z_max)
+                    rows.append((float(g.median()), float(z[0]), float(z[1])))
                     continue
                 v1, v2 = xy[0, r, c], xy[1, r, c]
                 swap = (v1 - v2.flip(0)).norm(dim=1).sum() < (v1 - v2).norm(dim=1).sum()
@@ -59,6 +83,10 @@ def main() -> None:
     gt = a[:, 0]
     print(f"{len(a)} patches of {min(args.scenes, len(ds))} {args.split} scenes; constant (std of the true depth): "
           f"RMSE {gt.std() * 100:.2f} cm")
+    if etas:
+        e = torch.cat(etas)
+        print(f"global stage η (wedge 1): image 1 {e[:, 0, 0].mean():.3f} ± {e[:, 0, 0].std():.3f}, "
+              f"image 2 {e[:, 1, 0].mean():.3f} ± {e[:, 1, 0].std():.3f}")
     for k in (1, 2):
         print(f"wedge {k}: correlation {np.corrcoef(gt, a[:, k])[0, 1]:+.3f}, "
               f"RMSE {np.sqrt(np.mean((a[:, k] - gt) ** 2)) * 100:.2f} cm")
