@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blurry_edges.data import LocalPatchDataset  # noqa: E402
 from blurry_edges.cli import add_bf16_argument  # noqa: E402
 from blurry_edges.features import local_outputs, resolve_bf16  # noqa: E402
-from blurry_edges.losses import LocalLoss  # noqa: E402
+from blurry_edges.losses import LocalLoss, true_blur  # noqa: E402
 from blurry_edges.models import LocalStage, load_weights  # noqa: E402
 from blurry_edges.wedges import WedgeRenderer, decode_local, eta_from_logit, ownership_mask  # noqa: E402
 
@@ -46,7 +46,8 @@ def blur_accuracy(model: torch.nn.Module, ds: LocalPatchDataset, n: int, bf16: b
         geom, e = decode_local(raw)
         eta = eta_from_logit(e)                                          # [n, 2]
         owner = ownership_mask(renderer.distances(geom), "sparse", renderer.delta)
-        target = loss.true_eta(bdepth, image)                            # [n, R, R]
+        rho = torch.tensor(renderer.camera.rhos)[image][:, None, None]
+        target = true_blur(renderer.camera, bdepth, rho, R)                # [n, R, R]
     lo, hi = R // 2 - centre // 2, R // 2 + centre // 2 + 1
     rows = []
     for i in range(n):

@@ -29,6 +29,7 @@ from blurry_edges.camera import CameraParams  # noqa: E402
 from blurry_edges.data import SceneDataset  # noqa: E402
 from blurry_edges.features import pair_tokens  # noqa: E402
 from blurry_edges.models import GlobalStage, load_weights  # noqa: E402
+from blurry_edges.train.recipe import pass_through_targets  # noqa: E402
 from blurry_edges.wedges import decode_global  # noqa: E402
 
 
@@ -48,6 +49,7 @@ def main() -> None:
         item = ds[i]
         params, bdepth = item[0], item[5]
         side = int(round(params.shape[1] ** 0.5))
+        tokens = pair_tokens(params[0], params[1])                                   # [P, 38]
         if args.global_weights:
             if glob is None:
                 glob = GlobalStage(side, side, S)
@@ -55,12 +57,14 @@ def main() -> None:
                 glob.eval()
             origin = item[-1][None] if item[-1].dim() == 1 and item[-1].numel() == 2 else None
             with torch.no_grad():
-                _, g_eta = decode_global(glob(pair_tokens(params[0], params[1])[None], origin)[0])   # [P, 2, 2]
-            g_eta = g_eta.double().view(side, side, 2, 2)
-            etas.append(g_eta.reshape(-1, 2, 2))
-        p = params.view(2, side, side, 19)
-        eta = torch.pow(10.0, 2 * torch.erf(p[..., 8:10] + 0.5) - 2).double()     # [2, side, side, 2]
-        xy = (p[..., 0:4] * 3).view(2, side, side, 2, 2)
+                raw = glob(tokens[None], origin)[0]
+        else:                      # the local estimates, image 2's wedges paired with image 1's
+            raw = pass_through_targets(tokens)
+        _, eta = decode_global(raw)                                                 # [P, 2 (image), 2 (wedge)]
+        eta = eta.double()
+        if glob is not None:
+            etas.append(eta)
+        eta = eta.view(side, side, 2, 2)
         c0, c1 = R // 2 - 4, R // 2 + 5                                             # central 9×9
         for r in range(side):
             for c in range(side):
@@ -68,14 +72,7 @@ def main() -> None:
                 g = win[win > 0]
                 if g.numel() < 5:
                     continue
-                if glob is not None:
-                    z = cam.depth_from_etas(g_eta[r, c, 0], g_eta[r, c, 1], R).clamp(cam.z_min, cam.z_max)
-                    rows.append((float(g.median()), float(z[0]), float(z[1])))
-                    continue
-                v1, v2 = xy[0, r, c], xy[1, r, c]
-                swap = (v1 - v2.flip(0)).norm(dim=1).sum() < (v1 - v2).norm(dim=1).sum()
-                e2 = eta[1, r, c].flip(0) if swap else eta[1, r, c]
-                z = cam.depth_from_etas(eta[0, r, c], e2, R).clamp(cam.z_min, cam.z_max)
+                z = cam.depth_from_etas(eta[r, c, 0], eta[r, c, 1], R).clamp(cam.z_min, cam.z_max)
                 rows.append((float(g.median()), float(z[0]), float(z[1])))
     if not rows:
         raise SystemExit("no patch with boundary depth near its centre; is this a scene set with tokens?")

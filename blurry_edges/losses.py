@@ -206,10 +206,20 @@ def true_blur(camera, depth: torch.Tensor, rho, R: int) -> torch.Tensor:
     return torch.where(on, camera.eta_from_depth(z, rho, R), torch.zeros_like(z))
 
 
-def owner_eta(mask: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-    """η of the wedge owning each pixel: mask ``[..., R, R]`` (0/1/2), η ``[..., 2 (wedge)]`` → ``[..., R, R]``
-    (wedge 1's η where nothing owns the pixel; callers mask those out)."""
-    return torch.where(mask == 2, eta[..., 1, None, None], eta[..., 0, None, None])
+def blur_squared_error(camera, R: int, depth: torch.Tensor, rho, mask: torch.Tensor,
+                       eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of ``(η_owner − η_true)²`` over the pixels where ``depth`` and the ownership ``mask`` are
+    non-zero, and their count: the supervised blur terms of both stages (``--beta_blur``).
+
+    Args:
+        depth: ``[..., R, R]`` true boundary depth (m, 0 off boundaries); mask: ``[..., R, R]`` (0/1/2).
+        rho: optical power of the image, broadcasting against ``depth``.
+        eta: ``[..., 2 (wedge)]`` that image's smoothness per wedge.
+    """
+    valid = (depth > 0) & (mask != 0)
+    owner = torch.where(mask == 2, eta[..., 1, None, None], eta[..., 0, None, None])
+    err = torch.where(valid, owner - true_blur(camera, depth, rho, R), torch.zeros_like(depth))
+    return err.square().sum(), valid.sum()
 
 
 class LocalLoss:
@@ -233,13 +243,6 @@ class LocalLoss:
     def __init__(self, renderer: WedgeRenderer) -> None:
         self.renderer = renderer
         self.R = renderer.R
-
-    def true_eta(self, bndry_depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """True smoothness on the boundary pixels: ``[B, R, R]`` depths (m, 0 off boundaries) and
-        ``[B]`` image indices (0: ρ1, 1: ρ2) → ``[B, R, R]`` η (0 off boundaries)."""
-        cam = self.renderer.camera
-        rhos = torch.tensor([cam.rho_1, cam.rho_2], dtype=bndry_depth.dtype, device=bndry_depth.device)
-        return true_blur(cam, bndry_depth, rhos[image.long()][:, None, None], self.R)
 
     def terms(self, raw: torch.Tensor, fit_to: torch.Tensor, clean: torch.Tensor,
               bndry_dist: torch.Tensor, deri: torch.Tensor, bndry_depth: Optional[torch.Tensor] = None,
@@ -266,12 +269,11 @@ class LocalLoss:
             "smthns": (deri - sobel_magnitude(patches)).square().sum(-3).mean(),
         }
         if bndry_depth is not None and image is not None:
-            target = self.true_eta(bndry_depth.to(eta.dtype), image)
+            cam = self.renderer.camera
+            rhos = torch.tensor(cam.rhos, dtype=eta.dtype, device=eta.device)
             owner = ownership_mask(dists.detach(), "sparse", self.renderer.delta)
-            eta_px = owner_eta(owner, eta)
-            valid = (target > 0) & (owner > 0)
-            count = valid.sum()
-            err = torch.where(valid, (eta_px - target).square(), torch.zeros_like(target)).sum()
+            err, count = blur_squared_error(cam, self.R, bndry_depth.to(eta.dtype), rhos[image.long()][:, None, None],
+                                            owner, eta)
             out["blur"] = err / count.clamp(min=1).to(err.dtype)
         return out
 
@@ -397,12 +399,9 @@ class GlobalLoss:
         extra = {}
         if self.beta_blur > 0:
             cam = self.renderer.camera
-            err = torch.zeros((), dtype=depth_err.dtype, device=depth_err.device)
-            for k, rho in enumerate(cam.rhos):
-                target_eta = true_blur(cam, target_p, rho, grid.R)
-                err = err + torch.where(valid, owner_eta(pr.mask, eta[..., k, :]) - target_eta,
-                                        torch.zeros_like(target_eta)).square().sum()
-            extra["blur"] = err / (2 * n_valid.clamp_min(1)).to(err.dtype)
+            errs = [blur_squared_error(cam, grid.R, target_p, rho, pr.mask, eta[..., k, :])[0]
+                    for k, rho in enumerate(cam.rhos)]
+            extra["blur"] = (errs[0] + errs[1]) / (2 * n_valid.clamp_min(1)).to(depth_err.dtype)
 
         return {
             "color": (clean_p - patches).square().sum(-3).mean(),
