@@ -140,14 +140,20 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
         if args.pass_through_steps < 0:
             raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
+        task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur)
         if args.pass_through_steps and not args.resume:
             from blurry_edges.train.recipe import pass_through_warm_start
-            pass_through_warm_start(model, train_set, args.pass_through_steps, batch_size=max(1, args.batch_size // ctx.world_size),
-                                    seed=args.seed + ctx.rank, log=print if ctx.is_main else (lambda *a, **k: None))
-            if ctx.world_size > 1:               # every rank starts the real objective from the same weights
-                for prm in model.parameters():
-                    torch.distributed.broadcast(prm.data, 0)
-        task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur)
+            losses = pass_through_warm_start(model, train_set, args.pass_through_steps,
+                                             batch_size=max(1, args.batch_size // ctx.world_size),
+                                             seed=args.seed + ctx.rank, log=print if ctx.is_main else (lambda *a, **k: None))
+            if ctx.is_main:                      # the warm start alone, for comparison with what follows
+                from blurry_edges.models import save_weights
+                from blurry_edges.runs import git_commit
+                warm_file = Path(args.model_path) / "pass_through_start.pth"
+                save_weights(model, warm_file, meta={**task.meta(), "what": "pass-through warm start only", "steps": args.pass_through_steps,
+                                                     "batch_size": args.batch_size, "final_loss": losses[-1],
+                                                     "commit": git_commit(short=True)})
+                print(f"pass-through warm start: weights saved to {warm_file}")
         out = fit(task, train_set, val_set, loop_config(args), ctx)
         print_outputs(out, ctx.is_main)
         return out

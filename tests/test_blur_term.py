@@ -248,3 +248,36 @@ def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
     assert out["finished"]
     with pytest.raises(SystemExit, match="pass_through_steps"):
         global_training.main(["--data_path", str(data), "--pass_through_steps", "-1"] + _common(tmp_path / "c"))
+
+
+def _pass_through_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One process of test_pass_through_warm_start_averages_over_processes."""
+    import torch.distributed as dist
+
+    from blurry_edges.models import GlobalStage
+    from blurry_edges.train.recipe import pass_through_warm_start
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(rank)                          # different initial weights: the warm start must align them
+        model = GlobalStage(3, 3, 2)
+        model.set_attention_dropout(0.0)
+        g = torch.Generator().manual_seed(7)
+        data = [((torch.rand(2, 9, 19, generator=g) * 2 - 1),) for _ in range(6)]
+        start = [p.detach().clone() for p in model.parameters()]
+        losses = pass_through_warm_start(model, data, 4, batch_size=2, seed=rank, log=lambda *a: None)
+        torch.save({"params": [p.detach() for p in model.parameters()], "losses": losses,
+                    "start": start}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pass_through_warm_start_averages_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_pass_through_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))        # one model on both ranks
+    assert any(not torch.equal(a, b) for a, b in zip(r0["params"], r0["start"]))     # and it was trained
+    assert r0["losses"] == r1["losses"]                                               # the loss is the mean over ranks

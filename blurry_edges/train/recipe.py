@@ -47,13 +47,23 @@ def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, ba
     steps of the mean squared error between its raw output and :func:`pass_through_targets`.
 
     No rendering: a step costs a forward and backward pass of the encoder only. Returns the loss of
-    every step. ``dataset`` items start with the ``[2, P, 19]`` tokens and, for crops, end with the
-    ``[2]`` origin (``SceneDataset``).
+    every step (the mean over processes). ``dataset`` items start with the ``[2, P, 19]`` tokens and,
+    for crops, end with the ``[2]`` origin (``SceneDataset``).
+
+    Under ``torch.distributed`` every process draws its own ``batch_size`` samples (give each a
+    different ``seed``), gradients are averaged over processes and process 0's initial weights are
+    broadcast first, so all processes end with the same weights and the effective batch is
+    ``batch_size × world size``.
     """
     import torch
+    import torch.distributed as dist
 
     if steps <= 0:
         return []
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        for prm in model.parameters():
+            dist.broadcast(prm.data, 0)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
@@ -68,6 +78,18 @@ def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, ba
         loss = (model(tokens, origin) - pass_through_targets(tokens)).square().mean()
         opt.zero_grad()
         loss.backward()
+        if world > 1:
+            flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
+                              for p in model.parameters()] + [loss.detach().reshape(1)])
+            dist.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for p in model.parameters():
+                n = p.numel()
+                if p.grad is not None:
+                    p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+                offset += n
+            loss = flat[-1]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in opt.param_groups:
             group["lr"] = lr * cosine_lr_factor(step, steps)
