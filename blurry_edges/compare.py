@@ -7,6 +7,11 @@ and, where their weight files exist, the Blurry-Edges modes sparse ("Ours"), W (
 (:func:`blurry_edges.evaluate.evaluate_test_set`), then prints each measured row beside the paper's
 Table 3 row. A mode whose weights are missing is listed with the file it needs.
 
+Each measured Blurry-Edges row is also judged on exactly its own pixels against two yardsticks
+that need no training (:mod:`blurry_edges.yardsticks`): a constant depth (the test set's median)
+and Focal Track's dense estimate, with the per-scene correlation of predicted and true depth. A
+sparse method picks its pixels, so only these same-pixel figures tell learned depth from abstention.
+
 Outputs under ``--log_path/<run name>/`` (default run name ``compare`` / ``compare_big``): one
 sub-folder per method (``focal_track/``, ``sparse/``, ``w/``, ``pp/``, ``dt/``) holding the usual
 ``scene_XXXX.npz`` / ``.png``, ``summary.csv`` and ``summary.json``, plus ``comparison.csv`` and
@@ -52,8 +57,21 @@ def _num(v: Optional[float], digits: int = 3) -> str:
     return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _same_pixel_rows(r: dict) -> list[tuple[str, dict, str]]:
+    """(name, metrics, note) of the yardstick lines under a measured row, if it was scored."""
+    y = r.get("yardsticks")
+    if not y:
+        return []
+    rows = [(f"  constant {y['constant']:.3f} m", y["constant_same_pixels"],
+             f"same pixels ({100 * y['coverage']:.0f} %); depth correlation per scene {_num(y['correlation'], 2)}")]
+    if y.get("focal_track_same_pixels"):
+        rows.append(("  Focal Track", y["focal_track_same_pixels"], "same pixels (its dense estimate)"))
+    return rows
+
+
 def format_table(results: list[dict]) -> str:
-    """The comparison as text: per method a ``measured`` line (or why not) and the ``paper`` line."""
+    """The comparison as text: per method a ``measured`` line (or why not), for Blurry-Edges rows the
+    yardsticks on the same pixels, and the ``paper`` line."""
     head = f"{'method':<22} {'source':<9} {'δ1':>6} {'δ2':>6} {'δ3':>6} {'RMSE cm':>8} {'AbsRel':>7}  note"
     lines = [head, "-" * len(head)]
     for r in results:
@@ -62,6 +80,9 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"{r['name']:<22} {'measured':<9} {_num(a['delta1']):>6} {_num(a['delta2']):>6} "
                          f"{_num(a['delta3']):>6} {_num(a['rmse_cm']):>8} {_num(a['absrel']):>7}  "
                          f"{r['n_scenes']} scenes, {r['mean_time_s']:.3f} s/scene")
+            for name, m, note in _same_pixel_rows(r):
+                lines.append(f"{name:<22} {'yardstick':<9} {_num(m['delta1']):>6} {_num(m['delta2']):>6} "
+                             f"{_num(m['delta3']):>6} {_num(m['rmse_cm']):>8} {_num(m['absrel']):>7}  {note}")
         else:
             lines.append(f"{r['name']:<22} {'measured':<9} {'':>6} {'':>6} {'':>6} {'':>8} {'':>7}  {r['note']}")
         paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
@@ -70,6 +91,22 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"{'':<22} {'paper':<9} {d1:>6.3f} {d2:>6.3f} {d3:>6.3f} {rmse:>8.3f} {absrel:>7.3f}  "
                          "Table 3, 200 scenes")
     return "\n".join(lines)
+
+
+def _add_yardsticks(results: list[dict], crop: int, camera: CameraParams) -> None:
+    """Score every measured Blurry-Edges row on its own pixels: the constant depth and, when Focal
+    Track was measured, its dense estimate (``results`` rows gain ``yardsticks``)."""
+    from .yardsticks import score_folder
+
+    ft = next((r for r in results if r["key"] == "focal_track" and r["status"] == "measured"), None)
+    for r in results:
+        if r["status"] != "measured" or r["method"] != "blurry_edges":
+            continue
+        rep = score_folder(r["outputs"], crop=crop, z_min=camera.z_min, z_max=camera.z_max,
+                           reference=ft["outputs"] if ft else None)
+        r["yardsticks"] = {"constant": rep.constant, "constant_same_pixels": rep.constant_same_pixels,
+                           "focal_track_same_pixels": rep.reference_same_pixels, "correlation": rep.correlation,
+                           "depth_spread_cm": rep.depth_spread_cm, "coverage": rep.coverage}
 
 
 def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big: bool = False) -> int:
@@ -116,6 +153,7 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
                                     progress=False, pair_progress=None if getattr(args, "progress", True) else False)
         results.append({**row, "status": "measured", "average": summary["average"], "n_scenes": summary["n_scenes"],
                         "mean_time_s": summary["mean_time_s"], "outputs": str(root / key)})
+    _add_yardsticks(results, args.crop, camera)
     table = format_table(results)
     print(f"\nComparison on {args.data_path} ({len(dataset)} scenes of {dataset.img_size[0]}×{dataset.img_size[1]}"
           f"{', first ' + str(args.max_scenes) if args.max_scenes else ''}); paper rows: Table 3, 200 scenes of "
@@ -133,6 +171,9 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
         for r in results:
             if r["status"] == "measured":
                 w.writerow([r["name"], "measured", *(r["average"][k] for k in METRIC_NAMES), r["n_scenes"], ""])
+                for name, m, note in _same_pixel_rows(r):
+                    w.writerow([f"{r['name']}: {name.strip()}", "yardstick", *(m[k] for k in METRIC_NAMES),
+                                r["n_scenes"], note])
             else:
                 w.writerow([r["name"], "measured", *([""] * len(METRIC_NAMES)), 0, r["note"]])
             paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])

@@ -8,9 +8,13 @@ from one that learned where to abstain, every evaluation folder (the ``scene_XXX
 * a **constant depth**, the median ground-truth depth of the whole test set, put on the same
   pixels as the prediction (so it has the same coverage), and
 * the **per-scene correlation** (Pearson) of predicted and true depth on those pixels: a
-  collapsed network, one that returns nearly one depth everywhere, scores about 0 whatever its δ1.
+  collapsed network, one that returns nearly one depth everywhere, scores about 0 whatever its δ1,
+* optionally a **reference method on the same pixels** (``--reference``): another result folder of
+  the same scenes, typically the training-free Focal Track (``--method focal_track``), whose dense
+  estimate before thresholding (``depth_raw``) is read on the pixels the method kept.
 
     python -m blurry_edges.yardsticks logs/test_none            # one or more result folders
+    python -m blurry_edges.yardsticks logs/test_none --reference logs/test_focal_track
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ class YardstickReport:
     correlation: float              # mean per-scene Pearson r (scenes with a defined r)
     depth_spread_cm: float          # mean per-scene standard deviation of the prediction (cm)
     coverage: float                 # mean fraction of evaluated pixels (after the crop)
+    reference: Optional[str] = None          # the reference folder, if one was given
+    reference_same_pixels: Optional[dict] = None  # its depth_raw on the method's pixels
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -62,14 +68,35 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
+def _reference_maps(reference: Path, files: list[Path], key: str, gts: list[np.ndarray]) -> list[np.ndarray]:
+    """The reference folder's ``key`` map for every scene of ``files``, checked against the same ground truth."""
+    maps = []
+    for f, g in zip(files, gts):
+        r = reference / f.name
+        if not r.is_file():
+            raise FileNotFoundError(f"the reference folder {reference} has no {f.name}; evaluate the reference "
+                                    f"method on the same test set (same --data_path and --max_scenes)")
+        with np.load(r) as z:
+            if key not in z or "gt_depth" not in z:
+                raise ValueError(f"{r} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
+            if z["gt_depth"].shape != g.shape or not np.allclose(z["gt_depth"], g, atol=1e-3):
+                raise ValueError(f"{r} has another ground truth than {f}: the reference folder holds other scenes")
+            maps.append(z[key].astype(np.float64))
+    return maps
+
+
 def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: int = 10,
-                 z_min: float = 0.75, z_max: float = 1.18, key: str = "depth") -> YardstickReport:
+                 z_min: float = 0.75, z_max: float = 1.18, key: str = "depth",
+                 reference: str | Path | None = None, reference_key: str = "depth_raw") -> YardstickReport:
     """Score the predictions in ``folder`` against the constant depth on the same pixels.
 
     Args:
         constant: the constant depth; default the median of every ground-truth pixel (after the
             crop) over the folder's scenes, the test set's median.
         key: which map of the ``.npz`` files is the prediction (``depth``: the method's output).
+        reference: another result folder of the same scenes (e.g. Focal Track's); its
+            ``reference_key`` map (default the dense ``depth_raw``) is scored on the pixels where
+            the prediction is > 0, so both are judged on exactly the same pixels.
     """
     folder = Path(folder)
     files = _scenes(folder)
@@ -83,11 +110,15 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
     sl = (slice(crop, -crop), slice(crop, -crop)) if crop > 0 else (slice(None), slice(None))
     if constant is None:
         constant = float(np.median(np.concatenate([g[sl].ravel() for g in gts])))
-    method, const, corr, spread, cover = [], [], [], [], []
-    for p, g in zip(preds, gts):
+    refs = _reference_maps(Path(reference), files, reference_key, gts) if reference is not None else None
+    method, const, ref, corr, spread, cover = [], [], [], [], [], []
+    for i, (p, g) in enumerate(zip(preds, gts)):
         mask = p > 0
         method.append(eval_depth(p, g, crop=crop, z_min=z_min, z_max=z_max))
         const.append(eval_depth(np.where(mask, constant, 0.0), g, crop=crop, z_min=z_min, z_max=z_max))
+        if refs is not None:        # clipped into the range first, so every kept pixel stays > 0
+            ref.append(eval_depth(np.where(mask, np.clip(refs[i], z_min, z_max), 0.0), g, crop=crop,
+                                  z_min=z_min, z_max=z_max))
         m = mask[sl]
         pc, gc = np.clip(p[sl][m], z_min, z_max), g[sl][m]
         corr.append(pearson(pc, gc))
@@ -99,17 +130,21 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
         method=average_metrics(method), constant_same_pixels=average_metrics(const),
         correlation=float(np.nanmean(corr_arr)) if np.isfinite(corr_arr).any() else float("nan"),
         depth_spread_cm=float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan"),
-        coverage=float(np.mean(cover)))
+        coverage=float(np.mean(cover)),
+        reference=str(reference) if reference is not None else None,
+        reference_same_pixels=average_metrics(ref) if refs is not None else None)
 
 
 def format_report(r: YardstickReport) -> str:
     head = f"{'':<28}" + "".join(f"{n:>10}" for n in METRIC_NAMES)
     line = lambda name, d: f"{name:<28}" + "".join(f"{d[n]:>10.4f}" for n in METRIC_NAMES)  # noqa: E731
+    rows = [line("method", r.method), line(f"constant {r.constant:.3f} m, same pixels", r.constant_same_pixels)]
+    if r.reference_same_pixels is not None:
+        rows.append(line("reference, same pixels", r.reference_same_pixels))
     return "\n".join([
         f"{r.folder}: {r.n_scenes} scenes, {100 * r.coverage:.1f} % of the pixels evaluated",
-        head,
-        line("method", r.method),
-        line(f"constant {r.constant:.3f} m, same pixels", r.constant_same_pixels),
+        head, *rows,
+        *([f"reference: depth_raw of {r.reference}"] if r.reference is not None else []),
         f"per-scene correlation of predicted and true depth: {r.correlation:.3f}; "
         f"spread of the prediction within a scene: {r.depth_spread_cm:.2f} cm",
     ])
@@ -121,12 +156,15 @@ def main(argv: Optional[Sequence[str]] = None) -> list[YardstickReport]:
     p.add_argument("folders", nargs="+", help="result folders of blurry_edges_test.py (scene_XXXX.npz)")
     p.add_argument("--constant", type=float, default=None, help="the constant depth (default: the test set's median)")
     p.add_argument("--crop", type=int, default=10, help="pixels cropped on every side (as the evaluation)")
+    p.add_argument("--reference", type=str, default=None,
+                   help="a result folder of the same scenes (e.g. --method focal_track) whose dense depth_raw is "
+                        "scored on each method's pixels")
     p.add_argument("--json", type=str, default=None, help="also write the reports to this JSON file")
     args = p.parse_args(argv)
     reports = []
     for folder in args.folders:
         try:
-            reports.append(score_folder(folder, constant=args.constant, crop=args.crop))
+            reports.append(score_folder(folder, constant=args.constant, crop=args.crop, reference=args.reference))
         except (FileNotFoundError, ValueError) as e:
             p.exit(2, f"error: {e}\n")
         print(format_report(reports[-1]))

@@ -186,6 +186,11 @@ def test_compare_with_weights_measures_blurry_edges_rows(tmp_path):
     assert rows["w"]["status"] == "needs weights" and "pretrained_global_stage_w.pth" in rows["w"]["note"]
     lines = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
     assert lines[0].startswith("method,source,delta1") and any(line.startswith("Ours-PP,paper,0.806") for line in lines)
+    # every measured Blurry-Edges row is judged on its own pixels by the constant and by Focal Track
+    y = rows["sparse"]["yardsticks"]
+    assert 0.75 <= y["constant"] <= 1.18 and 0.0 <= y["coverage"] <= 1.0     # random weights may keep no pixel
+    assert set(y["focal_track_same_pixels"]) >= {"delta1", "rmse_cm"}
+    assert any(line.startswith("Ours (sparse): Focal Track,yardstick,") for line in lines)
 
 
 def test_bad_script_arguments(tmp_path, capsys):

@@ -42,3 +42,37 @@ def test_cli_refuses_a_folder_without_results(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path)])
     assert e.value.code == 2 and "scene_XXXX.npz" in capsys.readouterr().err
+
+
+def _write_full(folder, preds, gts, raws):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (p, g, r) in enumerate(zip(preds, gts, raws)):
+        np.savez_compressed(folder / f"scene_{i:04d}.npz", depth=p.astype(np.float32), gt_depth=g.astype(np.float32),
+                            depth_raw=r.astype(np.float32))
+
+
+def test_a_reference_method_is_scored_on_the_methods_pixels(tmp_path):
+    gts = [np.tile(np.linspace(0.8, 1.15, 30), (30, 1)) for _ in range(2)]
+    half = np.zeros((30, 30), bool)
+    half[:, :15] = True                                          # the method keeps the left half only
+    method = [np.where(half, g, 0.0) for g in gts]
+    # the reference is exact on the left half and 5 cm off on the right: on the method's pixels it is exact
+    ref_raw = [np.where(half, g, g - 0.05) for g in gts]
+    _write(tmp_path / "run", method, gts)
+    _write_full(tmp_path / "ref", [np.where(half, 0.0, r) for r in ref_raw], gts, ref_raw)
+    r = score_folder(tmp_path / "run", crop=1, reference=tmp_path / "ref")
+    assert r.reference_same_pixels["rmse_cm"] == pytest.approx(0.0, abs=1e-4)
+    assert r.reference_same_pixels["delta1"] == pytest.approx(1.0)
+    # its own pixels (right half) score 5 cm: the comparison is on the method's pixels
+    assert score_folder(tmp_path / "ref", crop=1).method["rmse_cm"] == pytest.approx(5.0, abs=1e-3)
+
+
+def test_a_reference_of_other_scenes_is_refused(tmp_path):
+    gts = [np.full((20, 20), 0.9), np.full((20, 20), 1.0)]
+    _write(tmp_path / "run", gts, gts)
+    _write_full(tmp_path / "other", gts[:1], [gts[0] + 0.05], [gts[0]])
+    with pytest.raises(ValueError, match="other scenes"):
+        score_folder(tmp_path / "run", crop=1, reference=tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="scene_0001"):
+        _write_full(tmp_path / "first", gts[:1], gts[:1], gts[:1])
+        score_folder(tmp_path / "run", crop=1, reference=tmp_path / "first")
