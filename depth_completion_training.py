@@ -35,7 +35,7 @@ from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_wei
                                run_script, settings_from_weights)
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
                               resolve_camera, resolve_setting)
-from blurry_edges.features import global_depth_maps
+from blurry_edges.features import global_depth_maps, resolve_bf16
 from blurry_edges.train import DepthCompletionTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 from blurry_edges.wedges import WedgeRenderer
 
@@ -71,7 +71,8 @@ def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
 
     cache = Path(args.cache_path)
     final, info_file = cache / f"sparse_depth_{split}.npy", cache / f"sparse_depth_{split}.json"
-    want = dict(_weights_id(Path(args.global_weights)), R=args.R, stride=args.stride, data=str(Path(args.data_path).resolve()))
+    want = dict(_weights_id(Path(args.global_weights)), bf16=args.global_bf16, R=args.R, stride=args.stride,
+                data=str(Path(args.data_path).resolve()))
     if (not args.recompute_cache and final.is_file() and info_file.is_file()
             and json.loads(info_file.read_text()) == want):
         if ctx.is_main:
@@ -86,7 +87,7 @@ def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
         for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
                           dynamic_ncols=True):
             params = batch[0].to(ctx.device, non_blocking=True)
-            depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.bf16)
+            depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.global_bf16)
             idx = mine[pos:pos + params.shape[0]]
             out[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
             pos += params.shape[0]
@@ -123,6 +124,9 @@ def main(argv=None) -> dict:
         args.camera_params = camera.to_dict()
         args.data_id = data_fingerprint(args.data_path)
         renderer = WedgeRenderer(args.R, camera)
+        # the global stage keeps float32 unless --bf16 on (its η difference, Eq. 7, needs the
+        # precision; global_training.py and the pipeline decide alike); --bf16 auto is for the U-Net
+        args.global_bf16 = resolve_bf16("off" if args.bf16 == "auto" else args.bf16, ctx.device)
         files = {s: build_sparse_depth(args, s, global_model, renderer, grid, ctx) for s in ("train", "val")}
         del global_model
 
