@@ -28,7 +28,7 @@ import torch
 
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
-from blurry_edges.patches import CropLayout, PatchGrid
+from blurry_edges.patches import PatchGrid
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
                               resolve_camera, resolve_setting)
 from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script, settings_from_weights
@@ -83,7 +83,7 @@ def precal_info(root: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    from blurry_edges.data import SceneDataset
+    from blurry_edges.data import SceneDataset, precal_crops, require_tokens
 
     args = get_args(argv)
     ctx = setup_distributed(args.cuda)
@@ -95,10 +95,7 @@ def main(argv=None) -> dict:
             args.bf16 = "off"
         variant = "w" if args.densify == "w" else "sparse"
         root = Path(args.data_path)
-        for split in ("train", "val"):
-            if not (root / f"params_src_{split}.npy").is_file():
-                raise FileNotFoundError(f"{root / f'params_src_{split}.npy'} is missing: run "
-                                        f"`python global_data_pre_cal.py --data_path {root}` first")
+        require_tokens(root)
         train_set = SceneDataset(str(root), "train", with_params=True, with_depth=variant == "w")
         val_set = SceneDataset(str(root), "val", with_params=True, with_depth=variant == "w")
         info = precal_info(root)
@@ -107,21 +104,7 @@ def main(argv=None) -> dict:
         args.stride = resolve_setting("stride", args.stride, info.get("stride"), 2, src)
         args.img_size = resolve_setting("img_size", args.img_size, train_set.img_size, None, root)
         grid = PatchGrid(int(args.img_size[0]), int(args.img_size[1]), args.R, args.stride)
-        crops = None
-        if train_set.crop_origins is not None or val_set.crop_origins is not None:
-            sizes = {train_set.crop_size, val_set.crop_size}
-            if None in sizes or len(sizes) != 1:
-                raise ValueError(f"{root}: the training and validation tokens must both be crops of one size "
-                                 f"(pre-calculated with the same --crop_tokens); got crop sizes {sorted(map(str, sizes))}")
-            tokens = (train_set.crop_size - args.R) // args.stride + 1
-            crops = CropLayout(grid, tokens)
-        n_tokens = train_set[0][0].shape[1]
-        want = crops.grid.num_patches if crops is not None else grid.num_patches
-        if n_tokens != want:
-            raise ValueError(f"params_src has {n_tokens} tokens per image but R={args.R}, stride={args.stride} on "
-                             f"{grid.H}×{grid.W} images give {want}"
-                             + (f" per {crops.tokens}×{crops.tokens} crop" if crops is not None else "")
-                             + "; re-run global_data_pre_cal.py with the same --R and --stride")
+        crops = precal_crops(train_set, val_set, grid)
         if ctx.is_main and crops is not None:
             print(f"training on {crops.tokens}×{crops.tokens}-token crops ({crops.size}×{crops.size} px) of the "
                   f"{grid.Hp}×{grid.Wp} grid: {len(train_set)} training, {len(val_set)} validation crops")

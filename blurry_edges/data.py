@@ -23,12 +23,14 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .camera import CameraParams
+from .patches import CropLayout, PatchGrid
 
 FORMAT_NAME = "blurry_edges_v1"
 MANIFEST_NAME = "manifest.json"
@@ -280,6 +282,16 @@ class SceneDataset(_StoredArrays):
                 self.crop_stride = stride
             self._len = p.shape[0]         # only the pre-calculated scenes are items
 
+    @property
+    def params_file(self) -> Optional[Path]:
+        """``params_src_{split}.npy`` (``None`` with ``with_params=False``)."""
+        return self._params_file
+
+    @property
+    def num_tokens(self) -> Optional[int]:
+        """Pre-calculated tokens per image (``P`` of the ``[N, 2, P, 19]`` features), ``None`` without them."""
+        return int(self._params().shape[2]) if self.with_params else None
+
     def _params(self) -> np.ndarray:
         arrays = self._get()
         if "params" not in arrays:
@@ -371,6 +383,47 @@ class SparseDensePairs(_StoredArrays):
     def __getitem__(self, i: int):
         a = self._get()
         return self._f32(a["sparse"][i]), self._f32(a["dense"][i])
+
+
+def require_tokens(root: str | os.PathLike) -> None:
+    """Both splits' pre-calculated tokens (``params_src_{train,val}.npy``) exist in ``root``, or a
+    ``FileNotFoundError`` naming the command that makes them (README "Training" and "Training on a CPU")."""
+    root = _resolve_root(root, _TRAIN_HINT)
+    for split in SPLITS:
+        tokens = root / f"params_src_{split}.npy"
+        if not tokens.is_file():
+            raise FileNotFoundError(f"{tokens} is missing: run `python global_data_pre_cal.py --data_path {root}` "
+                                    f"first (every patch; add --crop_tokens 24 for the CPU recipe's crops, README "
+                                    f"'Training on a CPU')")
+
+
+def precal_crops(train: SceneDataset, val: SceneDataset, grid: PatchGrid) -> Optional[CropLayout]:
+    """How both splits' tokens were pre-calculated for ``grid`` (the full image's patch grid).
+
+    Returns:
+        ``None`` for every patch of ``grid`` (``[N, 2, Hp·Wp, 19]`` tokens), else the
+        :class:`~blurry_edges.patches.CropLayout` of their ``--crop_tokens T`` windows
+        (``[N, 2, T², 19]``, origins in ``SceneDataset.crop_origins``; README "Training on a CPU").
+    Raises:
+        ValueError: one split has crops and the other not, the crops differ in size, or the number
+        of tokens per scene is not what ``grid``'s R and stride give (the fix is named).
+    """
+    root = train.root
+    crops = None
+    if train.crop_origins is not None or val.crop_origins is not None:
+        sizes = {train.crop_size, val.crop_size}
+        if None in sizes or len(sizes) != 1:
+            raise ValueError(f"{root}: the training and validation tokens must both be crops of one size "
+                             f"(pre-calculated with the same --crop_tokens); got crop sizes {sorted(map(str, sizes))}")
+        crops = CropLayout(grid, (train.crop_size - grid.R) // grid.stride + 1)
+    n_tokens = train.num_tokens
+    want = crops.grid.num_patches if crops is not None else grid.num_patches
+    if n_tokens != want:
+        raise ValueError(f"params_src has {n_tokens} tokens per image but R={grid.R}, stride={grid.stride} on "
+                         f"{grid.H}×{grid.W} images give {want}"
+                         + (f" per {crops.tokens}×{crops.tokens} crop" if crops is not None else "")
+                         + "; re-run global_data_pre_cal.py with the same --R and --stride")
+    return crops
 
 
 @contextlib.contextmanager
