@@ -8,11 +8,17 @@
 1. Once per split, the pre-calculated tokens go through the trained global stage; the depth map of
    Eqs. 19–20 (before the τ threshold, the map the authors' test script gives the U-Net) is cached
    as ``<cache_path>/sparse_depth_{train,val}.npy`` (float32 ``[N, H, W]``, metres, 0 = no estimate),
-   with a ``.json`` recording the weights it came from; later runs reuse it.
-2. The U-Net learns sparse → dense ground-truth depth: L1 loss over all pixels (``--loss l2`` for
-   MSE), random flips, AdamW (lr 1e-4), global batch 16, 100 epochs, gradient clip 1,
-   ReduceLROnPlateau(0.5, patience 5). Best weights: ``<model_path>/best_run_exp_depth_completion_pp.pth``
-   (load it as ``pretrained_depth_completion_pp.pth``).
+   with a ``.json`` recording the weights, tokens and layout it came from; later runs reuse it.
+   Tokens pre-calculated for crops of the patch grid (``global_data_pre_cal.py --crop_tokens T``,
+   README "Training on a CPU") give one map per crop, folded over the crop's pixels only
+   (``[N, s, s]``, ``s = (T − 1)·stride + R``: 67 for T = 24), the global stage seeing each crop's
+   place in the full grid.
+2. The U-Net learns sparse → dense ground-truth depth (for crops, the same pixel window of it):
+   L1 loss over all pixels (``--loss l2`` for MSE), random flips, AdamW (lr 1e-4), global batch 16,
+   100 epochs, gradient clip 1, ReduceLROnPlateau(0.5, patience 5). Best weights:
+   ``<model_path>/best_run_exp_depth_completion_pp.pth`` (load it as ``pretrained_depth_completion_pp.pth``);
+   their meta records ``crop_tokens`` (``None``: whole images). Trained on crops, the U-Net runs on
+   whole images at test time (it is convolutional).
 
 The model and its loss: ``blurry_edges.train.tasks.DepthCompletionTask``; the loop (epoch, step,
 validation, checkpoint): ``blurry_edges.train.loop.fit``.
@@ -20,9 +26,11 @@ validation, checkpoint): ``blurry_edges.train.loop.fit``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights
-from blurry_edges.patches import PatchGrid
+from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
                                run_script, settings_from_weights)
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
@@ -59,26 +67,50 @@ def get_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _weights_id(path: Path) -> dict:
+def _file_id(path: str | Path) -> dict:
+    """Path, size and modification time of a file: a cache built from it is stale when they change."""
+    path = Path(path)
     st = path.stat()
-    return {"global_weights": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(args, scenes: "SceneDataset", crops: Optional[CropLayout]) -> dict:
+    """What the cached maps of one split depend on, recorded in ``sparse_depth_{split}.json``: the
+    global-stage weights and precision, the tokens (``scenes.params_file``), R, stride, the data folder and the
+    layout (``crop_tokens``, ``None`` for whole images, and a digest of the crop origins)."""
+    wid = _file_id(args.global_weights)
+    key = {"global_weights": wid["path"], "size": wid["size"], "mtime_ns": wid["mtime_ns"], "bf16": args.global_bf16,
+           "R": args.R, "stride": args.stride, "data": str(Path(args.data_path).resolve()),
+           "tokens": _file_id(scenes.params_file), "crop_tokens": crops.tokens if crops is not None else None}
+    if crops is not None:
+        origins = np.ascontiguousarray(scenes.crop_origins.numpy(), dtype=np.int64)
+        key["crop_origins_sha256"] = hashlib.sha256(origins.tobytes()).hexdigest()
+    return key
 
 
 @torch.no_grad()
-def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
-    """Cache the global stage's depth maps of one split (reused when the weights are unchanged)."""
-    from blurry_edges.data import SceneDataset, staged_rows
+def build_sparse_depth(args, split: str, model, renderer, grid: PatchGrid, ctx, scenes: "SceneDataset",
+                       crops: Optional[CropLayout] = None) -> Path:
+    """Cache the global stage's depth maps of one split (reused while :func:`cache_key` is unchanged).
+
+    Args:
+        model: the global stage (eval mode) for ``grid``.
+        grid: the patch grid of the whole image, or with ``crops`` that of one crop (``crops.grid``).
+        scenes: the split's ``SceneDataset`` with its tokens (``with_params=True``); with crops its
+            items end with the crop's origin, which the global stage receives.
+    Returns:
+        ``<cache_path>/sparse_depth_{split}.npy``: float32 ``[N, grid.H, grid.W]`` (Eqs. 19–20).
+    """
+    from blurry_edges.data import staged_rows
 
     cache = Path(args.cache_path)
     final, info_file = cache / f"sparse_depth_{split}.npy", cache / f"sparse_depth_{split}.json"
-    want = dict(_weights_id(Path(args.global_weights)), bf16=args.global_bf16, R=args.R, stride=args.stride,
-                data=str(Path(args.data_path).resolve()))
+    want = cache_key(args, scenes, crops)
     if (not args.recompute_cache and final.is_file() and info_file.is_file()
             and json.loads(info_file.read_text()) == want):
         if ctx.is_main:
             print(f"using the cached {final}")
         return final
-    scenes = SceneDataset(args.data_path, split, with_params=True)
     with staged_rows(final, (len(scenes), grid.H, grid.W), np.float32, ctx) as out:
         mine = list(range(ctx.rank, len(scenes), ctx.world_size))
         loader = DataLoader(Subset(scenes, mine), batch_size=args.precal_batch, shuffle=False,
@@ -87,7 +119,8 @@ def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
         for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
                           dynamic_ncols=True):
             params = batch[0].to(ctx.device, non_blocking=True)
-            depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.global_bf16)
+            origin = batch[-1] if crops is not None else None          # crop items end with their origin
+            depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.global_bf16, origin=origin)
             idx = mine[pos:pos + params.shape[0]]
             out[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
             pos += params.shape[0]
@@ -98,42 +131,51 @@ def build_sparse_depth(args, split: str, model, renderer, grid, ctx) -> Path:
 
 
 def main(argv=None) -> dict:
-    from blurry_edges.data import SceneDataset, SparseDensePairs
+    from blurry_edges.data import SceneDataset, SparseDensePairs, precal_crops, require_tokens
 
     args = get_args(argv)
     ctx = setup_distributed(args.cuda)
     try:
         set_seed(args.seed, args.deterministic)
         root = Path(args.data_path)
+        require_tokens(root)                              # whole-image or crop tokens, else the command
         args.cache_path = args.cache_path or str(root)
         args.global_weights = str(choose_weights("global", args.model_path, args.global_weights,
                                                  log=print if ctx.is_main else None))
-        info_file = root / "params_src_train.json"
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        scenes_train = SceneDataset(str(root), "train", with_params=False, with_depth=True)
-        args.R = resolve_setting("R", args.R, info.get("R", scenes_train.R), 21, root)
+        scenes = {s: SceneDataset(str(root), s, with_params=True, with_depth=True) for s in ("train", "val")}
+        info = scenes["train"].precal_info
+        args.R = resolve_setting("R", args.R, info.get("R", scenes["train"].R), 21, root)
         args.stride = resolve_setting("stride", args.stride, info.get("stride"), 2, root)
-        args.img_size = resolve_setting("img_size", args.img_size, scenes_train.img_size, None, root)
+        args.img_size = resolve_setting("img_size", args.img_size, scenes["train"].img_size, None, root)
         grid = PatchGrid(int(args.img_size[0]), int(args.img_size[1]), args.R, args.stride)
+        crops = precal_crops(scenes["train"], scenes["val"], grid)
+        args.crop_tokens = crops.tokens if crops is not None else None
+        work = crops.grid if crops is not None else grid                 # the maps the U-Net trains on
+        if ctx.is_main and crops is not None:
+            print(f"training the U-Net on {crops.tokens}×{crops.tokens}-token crops ({crops.size}×{crops.size} px) "
+                  f"of the {grid.H}×{grid.W} images: {len(scenes['train'])} training, {len(scenes['val'])} "
+                  f"validation crops")
 
-        global_model = GlobalStage(grid.Hp, grid.Wp, grid.stride)
+        global_model = GlobalStage(work.Hp, work.Wp, grid.stride)
         meta = load_weights(global_model, args.global_weights, what="global stage")
         settings_from_weights({"weights": (args.global_weights, meta)}, R=args.R, stride=args.stride)
         global_model.to(ctx.device).eval()
-        camera = resolve_camera(args, scenes_train)
+        camera = resolve_camera(args, scenes["train"])
         args.camera_params = camera.to_dict()
         args.data_id = data_fingerprint(args.data_path)
         renderer = WedgeRenderer(args.R, camera)
         # the global stage keeps float32 unless --bf16 on (its η difference, Eq. 7, needs the
         # precision; global_training.py and the pipeline decide alike); --bf16 auto is for the U-Net
         args.global_bf16 = resolve_bf16("off" if args.bf16 == "auto" else args.bf16, ctx.device)
-        files = {s: build_sparse_depth(args, s, global_model, renderer, grid, ctx) for s in ("train", "val")}
+        files = {s: build_sparse_depth(args, s, global_model, renderer, work, ctx, scenes[s], crops)
+                 for s in ("train", "val")}
         del global_model
 
         set_seed(args.seed, args.deterministic)          # the U-Net's start does not depend on the cache
-        task = DepthCompletionTask(args.loss, args.augment, source={"R": args.R, "stride": args.stride})
-        train_set = SparseDensePairs(files["train"], root, "train")
-        val_set = SparseDensePairs(files["val"], root, "val")
+        source = {"R": args.R, "stride": args.stride, "img_size": [grid.H, grid.W], "crop_tokens": args.crop_tokens}
+        task = DepthCompletionTask(args.loss, args.augment, source=source, map_size=(work.H, work.W))
+        train_set, val_set = (SparseDensePairs(files[s], root, s, crops, scenes[s].crop_origins)
+                              for s in ("train", "val"))
         out = fit(task, train_set, val_set, loop_config(args), ctx)
         print_outputs(out, ctx.is_main)
         return out

@@ -366,23 +366,50 @@ class TestSceneDataset(_StoredArrays):
 
 
 class SparseDensePairs(_StoredArrays):
-    """Training pairs of the depth-completion U-Net: ``(sparse [H, W], dense [H, W])`` float32, the
-    cached global-stage depth map (``depth_completion_training.py``) and the scene's ground-truth
-    depth (``image_depths_{split}.npy``), both memory-mapped."""
+    """Training pairs of the depth-completion U-Net: ``(sparse [h, w], dense [h, w])`` float32, a
+    cached global-stage depth map (``depth_completion_training.py``, README "Depth completion") and
+    the ground-truth depth of the same pixels (``image_depths_{split}.npy``), both memory-mapped.
 
-    def __init__(self, sparse_file: str | os.PathLike, root: str | os.PathLike, split: str) -> None:
+    Map ``i`` belongs to scene ``i``; the cache may cover only the first scenes of the split (as the
+    pre-calculation's ``--max_scenes_{train,val}`` do). Full grid: ``h × w`` is the image's
+    ``H × W``. Crops (the CPU recipe, README "Training on a CPU"): with ``crops`` and ``origins``
+    (``[N, 2]`` token row and column, ``SceneDataset.crop_origins``) map ``i`` covers the pixel
+    window :meth:`CropLayout.pixel_window` of ``origins[i]`` (``h = w = crops.size``), and its
+    target is that window of the ground truth.
+    """
+
+    def __init__(self, sparse_file: str | os.PathLike, root: str | os.PathLike, split: str,
+                 crops: Optional[CropLayout] = None, origins: Optional[torch.Tensor] = None) -> None:
         self.sparse_file, self.dense_file = Path(sparse_file), Path(root) / f"image_depths_{split}.npy"
         if not self.dense_file.is_file():
             raise FileNotFoundError(f"{self.dense_file} is missing: the scene data set is incomplete")
-        n_sparse, n_dense = (len(np.load(f, mmap_mode="r")) for f in (self.sparse_file, self.dense_file))
-        if n_sparse != n_dense:
-            raise ValueError(f"{sparse_file} holds {n_sparse} maps for {n_dense} scenes; "
+        if (crops is None) != (origins is None):
+            raise ValueError("crops and origins go together: give both (crop pre-calculation) or neither")
+        sparse, dense = (np.load(f, mmap_mode="r") for f in (self.sparse_file, self.dense_file))
+        want = (crops.size, crops.size) if crops is not None else tuple(dense.shape[1:])
+        if sparse.ndim != 3 or tuple(sparse.shape[1:]) != want or len(sparse) > len(dense):
+            raise ValueError(f"{sparse_file} holds {list(sparse.shape)} maps, but {len(dense)} scenes "
+                             f"{'cut to ' if crops is not None else 'of '}{want[0]}×{want[1]} pixels need at most "
+                             f"[{len(dense)}, {want[0]}, {want[1]}]; rebuild it with --recompute_cache")
+        if origins is not None and len(origins) != len(sparse):
+            raise ValueError(f"{sparse_file} holds {len(sparse)} crops but {len(origins)} crop origins were given; "
                              "rebuild it with --recompute_cache")
-        super().__init__(root, {"sparse": self.sparse_file, "dense": self.dense_file}, None, Path(root))
+        self.crops, self.origins = crops, origins
+        super().__init__(root, {"sparse": self.sparse_file}, None, Path(root))   # its length is the set's
+
+    def _dense(self) -> np.ndarray:
+        arrays = self._get()
+        if "dense" not in arrays:           # opened beside the maps: it may hold more scenes than they
+            arrays["dense"] = np.load(self.dense_file, mmap_mode="r")
+        return arrays["dense"]
 
     def __getitem__(self, i: int):
-        a = self._get()
-        return self._f32(a["sparse"][i]), self._f32(a["dense"][i])
+        if not 0 <= i < self._len:
+            raise IndexError(f"index {i} out of range for {self._len} items")
+        rows = cols = slice(None)
+        if self.crops is not None:
+            rows, cols = self.crops.pixel_window(self.origins[i])
+        return self._f32(self._get()["sparse"][i]), self._f32(self._dense()[i][rows, cols])
 
 
 def require_tokens(root: str | os.PathLike) -> None:

@@ -8,9 +8,9 @@ Shared by the pre-calculation of the global stage's training data, evaluation an
   position (the global stage's input, Sec. 3.3).
 * :func:`local_params_for_images`: every patch of stored image pairs through :func:`local_features`
   (the pre-calculation of ``global_data_pre_cal.py``, README "Training").
-* :func:`global_depth_maps`: pre-calculated tokens → the global stage → depth and confidence maps
-  (Eqs. 19–20), the depth-completion U-Net's training inputs; the same derivation as the
-  pipeline's ``depth_raw`` (``WedgeRenderer.pair_depth``).
+* :func:`global_depth_maps`: pre-calculated tokens (of whole images or of crops of their patch
+  grid) → the global stage → depth and confidence maps (Eqs. 19–20), the depth-completion U-Net's
+  training inputs; the same derivation as the pipeline's ``depth_raw`` (``WedgeRenderer.pair_depth``).
 * :func:`resolve_bf16`, :func:`autocast_context`: the one bf16 policy of every forward pass;
   :func:`precision_record`: what it resolved to, for the summaries of evaluation and inference.
 * :func:`uses_channels_last`, :func:`channels_last_copy`: the memory format of convolutional networks.
@@ -175,20 +175,27 @@ def local_params_for_images(model: torch.nn.Module, renderer: WedgeRenderer, gri
 
 @torch.no_grad()
 def global_depth_maps(model: torch.nn.Module, renderer: WedgeRenderer, grid, params: torch.Tensor, *,
-                      bf16: bool = False, mask_variant: str = "sparse") -> tuple[torch.Tensor, torch.Tensor]:
+                      bf16: bool = False, mask_variant: str = "sparse",
+                      origin: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Depth and confidence maps of the global stage from pre-calculated features.
 
     Args:
         model: the global stage (eval mode) for ``grid``.
+        grid: the ``PatchGrid`` the tokens were cut from: the whole image's, or one crop's
+            (``CropLayout.grid``, the CPU recipe of README "Training on a CPU").
         params: ``[n, 2, P, 19]`` pre-calculated local-stage features (:func:`local_params_for_images`).
+        origin: for crops, ``[n, 2]`` (token row, column) of each crop's first token in the full
+            grid: the global stage gives the tokens the positional codes of that place
+            (``GlobalStage.forward``). ``None``: the tokens are ``grid``'s own.
     Returns:
-        ``(depth [n, H, W], confidence [n, H, W])`` (Eqs. 19–20), not thresholded: the pipeline's
-        ``depth_raw`` and ``confidence``. Depth and ownership depend on geometry and η only, so no
-        colors are fitted here (``WedgeRenderer.pair_depth``).
+        ``(depth [n, H, W], confidence [n, H, W])`` over ``grid``'s pixels (Eqs. 19–20), not
+        thresholded: the pipeline's ``depth_raw`` and ``confidence``. Depth and ownership depend on
+        geometry and η only, so no colors are fitted here (``WedgeRenderer.pair_depth``). A crop's
+        maps fold only the crop's patches.
     """
     tokens = pair_tokens(params[:, 0], params[:, 1]).float()                   # [n, P, 38]
     with autocast_context(params.device, bf16):
-        raw = model(tokens)
+        raw = model(tokens) if origin is None else model(tokens, origin.to(params.device))
     geom, eta = decode_global(raw.float())
     mask, _, depth = renderer.pair_depth(renderer.distances(geom), eta, mask_variant)
     return grid.fold_depth(depth, mask)

@@ -238,24 +238,32 @@ class GlobalTask(Task):
 class DepthCompletionTask(Task):
     """Depth-completion U-Net of "Ours-PP" (paper Table 3; our design, README "Depth completion").
 
-    Batches ``(sparse [B,H,W], dense [B,H,W])`` in metres: the global stage's depth map (0 where no
-    patch owns the pixel, the map the authors' test script feeds the U-Net) and the ground truth.
+    Batches ``(sparse [B,h,w], dense [B,h,w])`` in metres: the global stage's depth map (0 where no
+    patch owns the pixel, the map the authors' test script feeds the U-Net) and the ground truth,
+    either whole images or crops of them (``h = w = CropLayout.size``, README "Training on a
+    CPU"); the convolutional U-Net trained on crops runs on whole images at test time.
     Loss :func:`~blurry_edges.losses.depth_completion_loss` over the pixels with ground truth;
     training batches are randomly flipped (horizontally and vertically, input and target alike).
     LR policy: ReduceLROnPlateau(min, factor 0.5, patience 5, min_lr 0.01·lr) on every epoch.
+
+    Args:
+        source: how its input maps were made (R, stride, image size, ``crop_tokens``, …), recorded
+            in the weights' meta and checked when resuming.
+        map_size: ``(h, w)`` of the training maps, for the memory estimate (:meth:`step_bytes`).
     """
 
     name = "exp_depth_completion_pp"
     weights_file = "best_run_exp_depth_completion_pp.pth"
 
     def __init__(self, loss_kind: str = "l1", augment: bool = True, model: Optional[nn.Module] = None,
-                 source: Optional[dict[str, Any]] = None) -> None:
+                 source: Optional[dict[str, Any]] = None, map_size: tuple[int, int] = (147, 147)) -> None:
         from ..models import UNet
 
         self.model = model if model is not None else UNet(1, 1)
         self.loss_kind = loss_kind
         self.augment = augment
-        self.source = dict(source or {})      # how its input maps were made (R, stride, global weights)
+        self.source = dict(source or {})
+        self.map_size = (int(map_size[0]), int(map_size[1]))
 
     def loss(self, model, batch, weights, train):
         from ..losses import depth_completion_loss
@@ -281,8 +289,7 @@ class DepthCompletionTask(Task):
 
     def step_bytes(self, samples: int):
         from ..memory import unet_step_bytes
-        H, W = self.source.get("img_size", (147, 147))
-        return unet_step_bytes(samples, int(H), int(W))
+        return unet_step_bytes(samples, *self.map_size)
 
     def meta(self):
         return dict(self.source, stage="depth_completion", loss=self.loss_kind)
