@@ -379,3 +379,33 @@ def test_depth_completion_inputs_are_the_pipelines_depth_raw(nets, pair):
     assert (out["depth_raw"] > 0).any()
     torch.testing.assert_close(depth[0], out["depth_raw"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conf[0], out["confidence"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_shared_feature_cache_runs_the_local_stage_once_per_pair(nets, pair, runs):
+    """--compare's modes share one local stage: the second mode reuses the first one's tokens, gets the
+    same maps as a run of its own, and reports the local stage's time as if it had run."""
+    from blurry_edges.pipeline import FeatureCache
+
+    cache = FeatureCache()
+    sparse, dt = make(nets, densify="none"), make(nets, densify="dt")
+    dt.local_identity = sparse.local_identity = "the same local weights"
+    sparse.feature_cache = dt.feature_cache = cache
+    calls = []
+    a = sparse.run(pair)
+    hook = dt.local.register_forward_hook(lambda *a: calls.append(1))   # (the same module object as sparse's)
+    try:
+        b = dt.run(pair)
+    finally:
+        hook.remove()
+    assert len(cache) == 1 and cache.hits == 1
+    assert calls == []                                        # dt's own local stage never ran
+    for key in ("depth_raw", "confidence", "depth"):
+        assert torch.equal(a[key], runs["none"][key]) and torch.equal(b[key], runs["dt"][key])
+    assert b["timing"]["local"] == a["timing"]["local"]        # counted as the run that made the tokens
+    assert b["timing"]["total"] >= b["timing"]["local"]
+    # another pair, or another local stage, is a miss
+    dt.run(pair.flip(-1))
+    other = make(nets, densify="none")
+    other.feature_cache = cache
+    other.run(pair)
+    assert cache.hits == 1 and len(cache) == 3
