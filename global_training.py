@@ -11,6 +11,9 @@ Sparse (the paper's): AdamW (lr 1e-4), global batch 8, 350 epochs, gradient-norm
 colors fitted to the clean pair in training and the noisy pair in validation; ReduceLROnPlateau
 stepped from epoch ``dynamic_epoch[1]`` on. Best weights: ``<model_path>/best_run_exp_global_stage.pth``.
 
+CPU recipe (README "Training on a CPU"): ``--pass_through_steps N`` first teaches the network to
+repeat the local stage's estimates; ``--epoch_num 0`` stops there and saves those weights as the best.
+
 W (``--densify w``): the same, with the dense ownership mask and a depth term against the
 per-pixel ground-truth depth; best weights ``best_run_exp_global_stage_w.pth``.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -66,7 +70,8 @@ def get_args(argv=None) -> argparse.Namespace:
                         "sparse objective only (README: Training on a CPU)")
     p.add_argument("--pass_through_steps", type=int, default=0,
                    help="CPU recipe: first teach the global stage to repeat the local stage's estimates for this "
-                        "many steps (mean squared error on its raw output, no rendering), then train as usual "
+                        "many steps (mean squared error on its raw output, no rendering), then train as usual; with "
+                        "--epoch_num 0 the warm start alone is the training and is saved as the best weights "
                         "(README: Training on a CPU)")
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these global-stage weights (e.g. the sparse ones, to fine-tune the W variant)")
@@ -123,9 +128,16 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
         if args.pass_through_steps < 0:
             raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
+        if args.epoch_num < 0 or (args.epoch_num == 0 and not args.pass_through_steps):
+            raise SystemExit(f"--epoch_num {args.epoch_num}: must be ≥ 1, or 0 with --pass_through_steps N "
+                             "(the warm start alone, README 'Training on a CPU')")
+        if args.epoch_num == 0 and args.resume:
+            raise SystemExit("--epoch_num 0 trains only the pass-through warm start, which does not resume; "
+                             "drop --resume")
         task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur)
         if args.pass_through_steps and not args.resume:
             from blurry_edges.train.recipe import pass_through_warm_start
+            t_warm = time.time()
             losses = pass_through_warm_start(model, train_set, args.pass_through_steps,
                                              batch_size=max(1, args.batch_size // ctx.world_size),
                                              seed=args.seed + ctx.rank, log=print if ctx.is_main else (lambda *a, **k: None))
@@ -137,6 +149,15 @@ def main(argv=None) -> dict:
                                                      "batch_size": args.batch_size, "final_loss": losses[-1],
                                                      "commit": git_commit(short=True)})
                 print(f"pass-through warm start: weights saved to {warm_file}")
+            if args.epoch_num == 0:                  # the warm start is the whole training
+                from blurry_edges.train.loop import save_as_trained
+                out = save_as_trained(task, val_set, loop_config(args), ctx, steps=args.pass_through_steps,
+                                      samples_seen=args.pass_through_steps * args.batch_size,
+                                      seconds=time.time() - t_warm, what="pass-through warm start only")
+                if ctx.is_main:
+                    print(f"pass-through warm start only (--epoch_num 0): validation loss {out['best_loss']:.6g} "
+                          f"(the objective's final weights)\n  best weights : {out['weights']}")
+                return out
         out = fit(task, train_set, val_set, loop_config(args), ctx)
         print_outputs(out, ctx.is_main)
         return out

@@ -226,7 +226,7 @@ def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
     import global_training
     import local_training
     from blurry_edges.data import SceneDataset
-    from blurry_edges.models import GlobalStage
+    from blurry_edges.models import GlobalStage, load_weights
     from blurry_edges.train.recipe import pass_through_targets, pass_through_warm_start
     from test_training_scripts import _common, write_train_val
 
@@ -248,6 +248,21 @@ def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
     assert out["finished"]
     with pytest.raises(SystemExit, match="pass_through_steps"):
         global_training.main(["--data_path", str(data), "--pass_through_steps", "-1"] + _common(tmp_path / "c"))
+
+    # --epoch_num 0: the warm start alone is the training; its weights are the run's best weights,
+    # validated with the objective's final weights, and they repeat the input as the warm start left it
+    only = global_training.main(["--data_path", str(data), "--epoch_num", "0", "--batch_size", "2",
+                                 "--pass_through_steps", "4"] + _common(tmp_path / "d"))
+    warm, best = GlobalStage(side, side, 2), GlobalStage(side, side, 2)
+    load_weights(warm, tmp_path / "d" / "w" / "pass_through_start.pth")
+    meta = load_weights(best, only["weights"])
+    assert only["epochs_done"] == 0 and meta["steps"] == 4 and meta["samples_seen"] == 8
+    assert meta["what"] == "pass-through warm start only" and math.isfinite(meta["val_loss"])
+    assert meta["val_loss"] == pytest.approx(only["best_loss"])
+    assert all(torch.equal(a, b) for a, b in zip(warm.state_dict().values(), best.state_dict().values()))
+    for bad in (["--epoch_num", "0"], ["--epoch_num", "0", "--pass_through_steps", "2", "--resume"]):
+        with pytest.raises(SystemExit, match="epoch_num 0"):
+            global_training.main(["--data_path", str(data), "--batch_size", "2"] + bad + _common(tmp_path / "e"))
 
 
 def _pass_through_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:

@@ -252,6 +252,34 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
     return outputs
 
 
+def save_as_trained(task: Task, val_set: Dataset, cfg: LoopConfig, ctx: DistContext, *, steps: int,
+                     samples_seen: int, seconds: float, what: str) -> dict[str, Any]:
+    """Validate ``task.model`` as it stands (trained outside :func:`fit`, e.g. by the pass-through warm
+    start alone) and save it as the run's best weights, with the meta :func:`fit` records.
+
+    The validation loss is :func:`fit`'s (the task's final loss weights, full batches over all
+    processes), so it compares with the epochs of a run that goes on training. Returns the keys of
+    :func:`fit`'s result that apply (``epochs_done`` 0, ``best_epoch`` −1, ``best_loss`` the loss).
+    """
+    device = ctx.device
+    model = task.model.to(device)
+    task.device, task.bf16 = device, cfg.bf16
+    local_batch = max(1, cfg.batch_size // ctx.world_size)
+    if len(val_set) // ctx.world_size < local_batch:
+        raise ValueError(f"the validation set has {len(val_set)} samples, fewer than one batch of {cfg.batch_size}")
+    val_loader, _ = _loader(val_set, local_batch, False, cfg, ctx)
+    val_loss = evaluate(task, model, val_loader, ctx)
+    weights_path = Path(cfg.model_path) / task.weights_file
+    if ctx.is_main:
+        meta = dict(task.meta(), epoch=0, val_loss=float(val_loss), args=plain(cfg.args), what=what,
+                    samples_seen=int(samples_seen), steps=int(steps), processes=ctx.world_size,
+                    train_minutes=round(seconds / 60.0, 2), commit=git_commit(short=True))
+        save_weights(model, weights_path, meta=plain(meta))
+    ctx.barrier()
+    return {"model": model, "best_loss": float(val_loss), "best_epoch": -1, "epochs_done": 0, "finished": True,
+            "weights": str(weights_path)}
+
+
 @torch.no_grad()
 def evaluate(task: Task, model: nn.Module, loader: DataLoader, ctx: DistContext) -> float:
     """Validation loss with the final schedule: mean of the per-batch losses over full batches
