@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, load_weights, save_weights
+from blurry_edges.models import WEIGHT_FILES, GlobalStage, LocalStage, UNet, load_weights, save_weights
 from blurry_edges.release import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,8 @@ def test_release_refuses_a_file_of_another_stage(tmp_path):
 
 
 @pytest.mark.parametrize("key, model", [("local", lambda m: LocalStage(int(m.get("R", 21)))),
-                                        ("global", lambda m: GlobalStage(stride=int(m.get("stride", 2))))])
+                                        ("global", lambda m: GlobalStage(stride=int(m.get("stride", 2)))),
+                                        ("pp", lambda m: UNet())])
 def test_shipped_weights_load_strictly_and_carry_their_recipe(key, model):
     path = SHIPPED / WEIGHT_FILES[key]
     if not path.is_file():
