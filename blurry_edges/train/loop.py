@@ -84,6 +84,23 @@ def _prepare_model(task: Task, cfg: LoopConfig, ctx: DistContext) -> nn.Module:
     return model
 
 
+def _require_one_batch(what: str, dataset: Dataset, cfg: LoopConfig, ctx: DistContext) -> None:
+    """Only full batches are used (as the authors do): a split smaller than one global batch is an error."""
+    if len(dataset) // ctx.world_size < cfg.batch_size // ctx.world_size:
+        raise ValueError(f"the {what} set has {len(dataset)} samples, fewer than one batch of {cfg.batch_size}"
+                         + (f" over {ctx.world_size} processes" if ctx.distributed else "")
+                         + "; only full batches are used (as the authors do)")
+
+
+def _best_meta(task: Task, cfg: LoopConfig, ctx: DistContext, *, epoch: int, val_loss: float, samples_seen: int,
+               steps: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    """What the best weights record: the task's settings, the epoch (1-based; 0: none of :func:`fit`'s),
+    its validation loss, the run's arguments, samples and steps seen, processes, minutes and commit."""
+    return plain(dict(task.meta(), epoch=int(epoch), val_loss=float(val_loss), args=plain(cfg.args), **extra,
+                      samples_seen=int(samples_seen), steps=int(steps), processes=ctx.world_size,
+                      train_minutes=round(seconds / 60.0, 2), commit=git_commit(short=True)))
+
+
 def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: DistContext) -> dict[str, Any]:
     """Train ``task.model`` with AdamW, gradient clipping and the task's schedules.
 
@@ -100,10 +117,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
                          f"number of processes ({ctx.world_size})")
     local_batch = cfg.batch_size // ctx.world_size
     for what, ds in (("training", train_set), ("validation", val_set)):
-        if len(ds) // ctx.world_size < local_batch:
-            raise ValueError(f"the {what} set has {len(ds)} samples, fewer than one batch of {cfg.batch_size}"
-                             + (f" over {ctx.world_size} processes" if ctx.distributed else "")
-                             + "; only full batches are used (as the authors do)")
+        _require_one_batch(what, ds, cfg, ctx)
     model = _prepare_model(task, cfg, ctx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = task.make_scheduler(optimizer)
@@ -203,12 +217,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch
             if ctx.is_main:
-                meta = dict(task.meta(), epoch=epoch + 1, val_loss=float(val_loss), args=plain(cfg.args),
-                            samples_seen=n_steps * cfg.batch_size * (epoch + 1),
-                            steps=n_steps * (epoch + 1), processes=ctx.world_size,
-                            train_minutes=round((seconds_before + time.time() - t_start) / 60.0, 2),
-                            commit=git_commit(short=True))
-                save_weights(unwrap(model), weights_path, meta=plain(meta))
+                meta = _best_meta(task, cfg, ctx, epoch=epoch + 1, val_loss=val_loss,
+                                  samples_seen=n_steps * cfg.batch_size * (epoch + 1), steps=n_steps * (epoch + 1),
+                                  seconds=seconds_before + time.time() - t_start)
+                save_weights(unwrap(model), weights_path, meta=meta)
 
         # ------------------------------------------------------------ the checkpoint
         rng = ctx.gather(capture_rng(device))
@@ -264,17 +276,14 @@ def save_as_trained(task: Task, val_set: Dataset, cfg: LoopConfig, ctx: DistCont
     device = ctx.device
     model = task.model.to(device)
     task.device, task.bf16 = device, cfg.bf16
-    local_batch = max(1, cfg.batch_size // ctx.world_size)
-    if len(val_set) // ctx.world_size < local_batch:
-        raise ValueError(f"the validation set has {len(val_set)} samples, fewer than one batch of {cfg.batch_size}")
-    val_loader, _ = _loader(val_set, local_batch, False, cfg, ctx)
+    _require_one_batch("validation", val_set, cfg, ctx)
+    val_loader, _ = _loader(val_set, max(1, cfg.batch_size // ctx.world_size), False, cfg, ctx)
     val_loss = evaluate(task, model, val_loader, ctx)
     weights_path = Path(cfg.model_path) / task.weights_file
     if ctx.is_main:
-        meta = dict(task.meta(), epoch=0, val_loss=float(val_loss), args=plain(cfg.args), what=what,
-                    samples_seen=int(samples_seen), steps=int(steps), processes=ctx.world_size,
-                    train_minutes=round(seconds / 60.0, 2), commit=git_commit(short=True))
-        save_weights(model, weights_path, meta=plain(meta))
+        meta = _best_meta(task, cfg, ctx, epoch=0, val_loss=val_loss, samples_seen=samples_seen, steps=steps,
+                          seconds=seconds, what=what)
+        save_weights(model, weights_path, meta=meta)
     ctx.barrier()
     return {"model": model, "best_loss": float(val_loss), "best_epoch": -1, "epochs_done": 0, "finished": True,
             "weights": str(weights_path)}
