@@ -308,14 +308,14 @@ def test_bf16_pipeline_agrees_with_float32(nets, pair, runs):
 
 
 def test_bf16_on_the_cpu_runs_the_local_stage_channels_last(nets, pair):
-    """Under bf16 on the CPU the pipeline's convolutional networks are channels_last copies (as in
-    training, README "Training on a CPU") and get channels_last inputs; the caller's modules and a
-    float32 pipeline keep the contiguous format (float32 numbers unchanged)."""
+    """Under bf16 on the CPU the pipeline's local stage is a channels_last copy (as in training,
+    README "Training on a CPU") and gets channels_last inputs; the caller's modules and a float32
+    pipeline keep the contiguous format (float32 numbers unchanged). The U-Net runs in float32."""
     from blurry_edges.features import uses_channels_last
 
     local, _, unet = nets
     bf16, fp32 = make(nets, bf16=True, densify="pp"), make(nets, densify="pp")
-    assert uses_channels_last(bf16.local) and uses_channels_last(bf16.unet)
+    assert uses_channels_last(bf16.local) and not uses_channels_last(bf16.unet)
     assert bf16.local is not local and not uses_channels_last(local) and not uses_channels_last(unet)
     assert fp32.local is local and not uses_channels_last(fp32.local)
     seen = []
@@ -328,6 +328,25 @@ def test_bf16_on_the_cpu_runs_the_local_stage_channels_last(nets, pair):
     assert seen and all(seen)
     with pytest.raises(ValueError, match="resolve_bf16"):
         PipelineConfig(R=R, bf16="auto")                 # a spec is resolved first, never taken as truthy
+
+
+def test_bf16_keeps_the_depth_completion_unet_in_float32(nets, pair):
+    """``--bf16`` leaves the U-Net in float32: its input is depth in metres, which bf16 would round to
+    0.4–0.8 cm steps (README "Speed"). Under bf16 the PP depth is the float32 U-Net applied to the
+    pipeline's own (bf16-derived) folded depth map, the same computation a second time, so the two
+    agree to float32 rounding (1e-6 m), far below one bf16 step of a depth near 1 m (3.9e-3 m)."""
+    pipe = make(nets, bf16=True, densify="pp")
+    out = pipe.run(pair)
+    seen = []
+    hook = pipe.unet.register_forward_hook(lambda m, args, y: seen.append((args[0].dtype, y.dtype)))
+    try:
+        with torch.no_grad():
+            ref = pipe.unet(out["depth_raw"][None, None].to(pipe.device).float())[0, 0].cpu()
+        pipe.finalize_depth({k: out[k].to(pipe.device) for k in ("depth_raw", "confidence")})
+    finally:
+        hook.remove()
+    assert seen == [(torch.float32, torch.float32)] * 2
+    torch.testing.assert_close(out["depth"], ref, rtol=0, atol=1e-6)
 
 
 def test_progress_bars_for_a_multi_block_image(nets, pair, capsys):
