@@ -145,7 +145,10 @@ def _batch(ds, n):
 def test_local_stage_overfits_a_batch():
     torch.manual_seed(0)
     task = LocalTask(11)
-    before, after = overfit(task, _batch(make_patches(4), 4), steps=20, lr=1e-3)
+    # lr 2e-4 for 40 steps: at 1e-3 (20 steps) or 3e-4 the trajectory depends on the CPU's reduction
+    # order and thread count and can end on a plateau above the start (measured after/before 0.71–1.10
+    # on an AVX2 CPU); at 2e-4 it ended at 0.33 (1 thread) and 0.43 (2 threads) there
+    before, after = overfit(task, _batch(make_patches(4), 4), steps=40, lr=2e-4)
     assert after < 0.7 * before, (before, after)
 
 
