@@ -337,15 +337,15 @@ def test_bf16_keeps_the_depth_completion_unet_in_float32(nets, pair):
     agree to float32 rounding (1e-6 m), far below one bf16 step of a depth near 1 m (3.9e-3 m)."""
     pipe = make(nets, bf16=True, densify="pp")
     out = pipe.run(pair)
-    seen = []
+    with torch.no_grad():
+        ref = pipe.unet(out["depth_raw"][None, None].to(pipe.device).float())[0, 0].cpu()
+    seen = []                                            # the U-Net's dtypes inside the pipeline's own call
     hook = pipe.unet.register_forward_hook(lambda m, args, y: seen.append((args[0].dtype, y.dtype)))
     try:
-        with torch.no_grad():
-            ref = pipe.unet(out["depth_raw"][None, None].to(pipe.device).float())[0, 0].cpu()
         pipe.finalize_depth({k: out[k].to(pipe.device) for k in ("depth_raw", "confidence")})
     finally:
         hook.remove()
-    assert seen == [(torch.float32, torch.float32)] * 2
+    assert seen == [(torch.float32, torch.float32)]
     torch.testing.assert_close(out["depth"], ref, rtol=0, atol=1e-6)
 
 
