@@ -63,7 +63,8 @@ def _same_pixel_rows(r: dict) -> list[tuple[str, dict, str]]:
     if not y:
         return []
     rows = [(f"  constant {y['constant']:.3f} m", y["constant_same_pixels"],
-             f"same pixels ({100 * y['coverage']:.0f} %); depth correlation per scene {_num(y['correlation'], 2)}")]
+             f"same pixels ({100 * y['coverage']:.0f} %); depth correlation per scene {_num(y['correlation'], 2)}"
+             + (f"; slope on true depth {_num(y['slope'], 2)}" if "slope" in y else ""))]
     if y.get("focal_track_same_pixels"):
         rows.append(("  Focal Track", y["focal_track_same_pixels"], "same pixels (its dense estimate)"))
     return rows
@@ -106,7 +107,7 @@ def _add_yardsticks(results: list[dict], crop: int, camera: CameraParams) -> Non
                            reference=ft["outputs"] if ft else None)
         r["yardsticks"] = {"constant": rep.constant, "constant_same_pixels": rep.constant_same_pixels,
                            "focal_track_same_pixels": rep.reference_same_pixels, "correlation": rep.correlation,
-                           "depth_spread_cm": rep.depth_spread_cm, "coverage": rep.coverage}
+                           "depth_spread_cm": rep.depth_spread_cm, "coverage": rep.coverage, "slope": rep.slope}
 
 
 def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big: bool = False) -> int:

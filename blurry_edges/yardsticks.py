@@ -9,6 +9,10 @@ from one that learned where to abstain, every evaluation folder (the ``scene_XXX
   pixels as the prediction (so it has the same coverage), and
 * the **per-scene correlation** (Pearson) of predicted and true depth on those pixels: a
   collapsed network, one that returns nearly one depth everywhere, scores about 0 whatever its δ1,
+* the **slope** of predicted on true depth, a least-squares line over the kept pixels of all
+  scenes together: 1 when the prediction spans the true depth range, 0 for a constant; below 1 the
+  estimate is compressed towards the middle of the range (near surfaces read too far, far ones
+  too near), which correlation alone does not show,
 * optionally a **reference method on the same pixels** (``--reference``): another result folder of
   the same scenes, typically the training-free Focal Track (``--method focal_track``), whose dense
   estimate before thresholding (``depth_raw``) is read on the pixels the method kept.
@@ -42,6 +46,7 @@ class YardstickReport:
     correlation: float              # mean per-scene Pearson r (scenes with a defined r)
     depth_spread_cm: float          # mean per-scene standard deviation of the prediction (cm)
     coverage: float                 # mean fraction of evaluated pixels (after the crop)
+    slope: float = float("nan")     # least-squares slope of prediction on truth, all kept pixels pooled
     reference: Optional[str] = None          # the reference folder, if one was given
     reference_same_pixels: Optional[dict] = None  # its depth_raw on the method's pixels
 
@@ -66,6 +71,17 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def slope(pred: np.ndarray, true: np.ndarray) -> float:
+    """Least-squares slope of ``pred`` on ``true`` (1-D samples); NaN when ``true`` is constant or has < 3 values."""
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if true.size < 3:
+        return float("nan")
+    t = true - true.mean()
+    den = (t * t).sum()
+    return float((t * (pred - pred.mean())).sum() / den) if den > 0 else float("nan")
 
 
 def _reference_maps(reference: Path, files: list[Path], key: str, gts: list[np.ndarray]) -> list[np.ndarray]:
@@ -112,6 +128,7 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
         constant = float(np.median(np.concatenate([g[sl].ravel() for g in gts])))
     refs = _reference_maps(Path(reference), files, reference_key, gts) if reference is not None else None
     method, const, ref, corr, spread, cover = [], [], [], [], [], []
+    kept_pred, kept_true = [], []
     for i, (p, g) in enumerate(zip(preds, gts)):
         mask = p > 0
         method.append(eval_depth(p, g, crop=crop, z_min=z_min, z_max=z_max))
@@ -122,6 +139,8 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
         m = mask[sl]
         pc, gc = np.clip(p[sl][m], z_min, z_max), g[sl][m]
         corr.append(pearson(pc, gc))
+        kept_pred.append(pc)
+        kept_true.append(gc)
         spread.append(float(pc.std() * 100.0) if pc.size else float("nan"))
         cover.append(float(m.mean()))
     corr_arr = np.array(corr)
@@ -131,6 +150,7 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
         correlation=float(np.nanmean(corr_arr)) if np.isfinite(corr_arr).any() else float("nan"),
         depth_spread_cm=float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan"),
         coverage=float(np.mean(cover)),
+        slope=slope(np.concatenate(kept_pred), np.concatenate(kept_true)),
         reference=str(reference) if reference is not None else None,
         reference_same_pixels=average_metrics(ref) if refs is not None else None)
 
@@ -146,7 +166,8 @@ def format_report(r: YardstickReport) -> str:
         head, *rows,
         *([f"reference: depth_raw of {r.reference}"] if r.reference is not None else []),
         f"per-scene correlation of predicted and true depth: {r.correlation:.3f}; "
-        f"spread of the prediction within a scene: {r.depth_spread_cm:.2f} cm",
+        f"spread of the prediction within a scene: {r.depth_spread_cm:.2f} cm; "
+        f"slope of predicted on true depth (all kept pixels): {r.slope:.3f}",
     ])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blurry_edges.yardsticks import main, pearson, score_folder
+from blurry_edges.yardsticks import main, pearson, score_folder, slope
 
 
 def _write(folder, preds, gts):
@@ -76,3 +76,16 @@ def test_a_reference_of_other_scenes_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="scene_0001"):
         _write_full(tmp_path / "first", gts[:1], gts[:1], gts[:1])
         score_folder(tmp_path / "run", crop=1, reference=tmp_path / "first")
+
+
+def test_slope_tells_a_compressed_prediction_from_a_faithful_one(tmp_path):
+    rng = np.random.default_rng(1)
+    gts = [np.tile(np.linspace(0.78, 1.15, 36), (36, 1)).T + rng.uniform(-0.02, 0.02) for _ in range(3)]
+    mid = 0.96
+    _write(tmp_path / "faithful", gts, gts)
+    _write(tmp_path / "half", [mid + 0.5 * (g - mid) for g in gts], gts)
+    full, half = score_folder(tmp_path / "faithful", crop=1), score_folder(tmp_path / "half", crop=1)
+    assert full.slope == pytest.approx(1.0, abs=1e-6)
+    assert half.slope == pytest.approx(0.5, abs=1e-6)
+    assert half.correlation == pytest.approx(1.0, abs=1e-6)     # correlation alone cannot tell them apart
+    assert np.isnan(slope(np.ones(5), np.full(5, 0.9))) and np.isnan(slope(np.ones(2), np.arange(2.0)))
