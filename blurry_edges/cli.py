@@ -244,6 +244,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser, big: bool = False) -> No
                    help="hide the progress bars (scenes; the stages of an image cut into several blocks)")
     p.add_argument("--max_scenes", type=positive_int, default=None, help="evaluate only the first N scenes")
     p.add_argument("--no_figures", action="store_true", help="skip the per-scene PNG figures")
+    p.add_argument("--feature_cache", type=str, default=None, metavar="DIR",
+                   help="keep the local-stage tokens of every pair in DIR and reuse them in later runs with the "
+                        "same local weights, settings and pairs: the local stage is most of a pair's time, so other "
+                        "global-stage, W or U-Net weights are then evaluated in a fraction of it (README "
+                        "'Evaluate on a test set')")
     p.add_argument("--local_weights", type=str, default=None,
                    help="local-stage weights (default: MODEL_PATH/best_run_exp_local_stage.pth, "
                         "else MODEL_PATH/pretrained_local_stage.pth)")

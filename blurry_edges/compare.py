@@ -124,7 +124,11 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
     results: list[dict] = []
     display_bgr = getattr(dataset, "channel_order", "RGB") == "BGR"
     dt = DTParams(confidence_weighted=args.dt_confidence_weighted)
-    shared = FeatureCache()        # the modes share one local stage: it runs once per pair, not per mode
+    try:                           # the modes share one local stage: it runs once per pair, not per mode
+        shared = FeatureCache(getattr(args, "feature_cache", None))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for key, name, method, mode in ROWS:
         row = {"key": key, "name": name, "method": method, "densify": mode}
         if method is None:
@@ -157,7 +161,9 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
         results.append({**row, "status": "measured", "average": summary["average"], "n_scenes": summary["n_scenes"],
                         "mean_time_s": summary["mean_time_s"], "outputs": str(root / key)})
     _add_yardsticks(results, args.crop, camera)
-    if shared.hits:
+    if shared.directory is not None:
+        print(f"\n{shared.describe()}; each mode's time counts the local stage as if it had run")
+    elif shared.hits:
         print(f"\nThe local stage ran once per pair and was reused {shared.hits} times by the other modes; each "
               "mode's time counts it as if it had run (README: Training-free baseline: Focal Track, Comparison).")
     table = format_table(results)

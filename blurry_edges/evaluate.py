@@ -243,6 +243,8 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
         # --method: the Blurry-Edges networks (weights needed) or the training-free Focal Track
         if focal:
             pipeline = focal_track_from_args(args, camera, args.cuda)
+            if args.feature_cache is not None:
+                print("note: --feature_cache is not used by --method focal_track (it has no local stage)")
         else:
             pipeline = build_pipeline(
                 model_path=args.model_path, densify=args.densify, R=args.R, stride=args.stride,
@@ -268,6 +270,9 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
             camera = camera_from_args(args, fallback=dataset_camera or weights_camera)
             pipeline.camera = camera
             pipeline.renderer = WedgeRenderer(pipeline.config.R, camera)
+            if args.feature_cache is not None:
+                from .pipeline import FeatureCache
+                pipeline.feature_cache = FeatureCache(args.feature_cache)
         if big or focal:
             pipeline.layout(H, W, blocks=True)        # size checks before the first scene
     except (FileNotFoundError, ValueError) as e:
@@ -294,7 +299,11 @@ def run_eval_script(argv: Optional[Sequence[str]] = None, big: bool = False) -> 
     avg = summary["average"]
     print(f"\nAverage over {summary['n_scenes']} scenes: delta1={_fmt(avg['delta1'])} delta2={_fmt(avg['delta2'])} "
           f"delta3={_fmt(avg['delta3'])} RMSE={_fmt(avg['rmse_cm'])} cm AbsRel={_fmt(avg['absrel'])}")
-    print(f"Average running time: {summary['mean_time_s']:.3f} s per scene")
+    print(f"Average running time: {summary['mean_time_s']:.3f} s per scene"
+          + (" (the local stage's time as when its tokens were computed)" if getattr(pipeline, "feature_cache", None)
+             is not None and pipeline.feature_cache.hits else ""))
+    if getattr(pipeline, "feature_cache", None) is not None:
+        print(pipeline.feature_cache.describe())
     print(f"Outputs written to {out_dir}/ (scene_XXXX.npz{'' if args.no_figures else ', scene_XXXX.png'}, "
           "summary.csv, summary.json)")
     return 0

@@ -198,20 +198,44 @@ class StageProgress:
 _QUIET = StageProgress(False)
 
 
+def file_sha1(path: Union[str, Path]) -> str:
+    """SHA-1 of a file's bytes (the identity of a weight file for :class:`FeatureCache`)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class FeatureCache:
     """Local-stage tokens of image pairs already processed, shared by pipelines that run the same
     local stage on the same pairs (``blurry_edges_test.py --compare``: sparse, W, PP and dt differ
-    only after the local stage, which dominates the time of a pair).
+    only after the local stage, which dominates the time of a pair), and optionally kept on disk
+    (``directory``; ``--feature_cache DIR``) so that a later run of other global-stage, W or U-Net
+    weights on the same test set skips the local stage altogether.
 
-    Keyed by what the tokens depend on: the local stage's identity (its weight file, or the module
-    object), R, stride, precision, chunk size, device and the exact bytes of the input pair. A hit
-    returns the tokens and the seconds the local stage took when it ran, which the reusing run
-    reports as its own local time (so each mode's running time stays what it costs alone).
+    Keyed by what the tokens depend on: the local stage's identity (the SHA-1 of its weight file,
+    or the module object), R, stride, precision, chunk size, device and the exact bytes of the
+    input pair. A hit returns the tokens and the seconds the local stage took when it ran, which the
+    reusing run reports as its own local time (so each mode's running time stays what it costs
+    alone). On disk an entry is ``<SHA-1 of the key>.pt`` holding the key, the float32 tokens
+    ``[P, 38]`` and those seconds; an entry that cannot be read, or holds another key, is a miss and
+    is rewritten.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Optional[Union[str, Path]] = None) -> None:
         self._store: dict[tuple, tuple[torch.Tensor, float]] = {}
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None:
+            if self.directory.exists() and not self.directory.is_dir():
+                raise ValueError(f"--feature_cache {self.directory} is a file, not a folder; pass a folder "
+                                 "(it is created when missing)")
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.hits = 0
+        self.disk_hits = 0
+        self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self._store)
@@ -225,13 +249,44 @@ class FeatureCache:
         return (pipeline.local_identity, c.R, c.stride, bool(c.bf16), c.local_chunk, str(pipeline.device),
                 tuple(x.shape), digest)
 
+    def _path(self, key: tuple) -> Path:
+        import hashlib
+
+        assert self.directory is not None
+        return self.directory / f"{hashlib.sha1(repr(key).encode()).hexdigest()}.pt"
+
     def get(self, key: tuple) -> Optional[tuple[torch.Tensor, float]]:
         hit = self._store.get(key)
+        if hit is None and self.directory is not None and self._path(key).is_file():
+            try:
+                entry = torch.load(self._path(key), map_location="cpu", weights_only=True)
+                if entry["key"] == repr(key):
+                    hit = (entry["tokens"], float(entry["seconds"]))
+                    self._store[key] = hit
+                    self.disk_hits += 1
+            except Exception:                 # a truncated or foreign file: recompute and rewrite it
+                self.unreadable += 1
         self.hits += hit is not None
         return hit
 
     def put(self, key: tuple, tokens: torch.Tensor, seconds: float) -> None:
-        self._store[key] = (tokens.detach().cpu(), float(seconds))
+        tokens = tokens.detach().float().cpu()
+        self._store[key] = (tokens, float(seconds))
+        if self.directory is not None:
+            import os
+
+            path = self._path(key)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save({"key": repr(key), "tokens": tokens, "seconds": float(seconds)}, tmp)
+            os.replace(tmp, path)                 # a run stopped mid-write leaves no half entry
+
+    def describe(self) -> str:
+        """One line for the end of a run: where the tokens are and how many were reused."""
+        where = f" in {self.directory}" if self.directory is not None else ""
+        return (f"local-stage tokens{where}: {self.hits} pair(s) reused ({self.disk_hits} from disk), "
+                f"{len(self._store) - self.disk_hits} computed"
+                + (f"; {self.unreadable} unreadable entr{'y' if self.unreadable == 1 else 'ies'} recomputed"
+                   if self.unreadable else ""))
 
 
 class DepthPipeline:
@@ -577,7 +632,6 @@ def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Op
                             tile_batch=tile_batch, dt_params=dt_params or DTParams(), dt_guide=dt_guide, tau=tau)
     pipeline = DepthPipeline(local, glob, camera, config, unet=unet, device=device)
     pipeline.weight_files = {k: str(v) for k, v in files.items()}
-    st = Path(files["local"]).stat()
-    pipeline.local_identity = f"{Path(files['local']).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    pipeline.local_identity = f"sha1:{file_sha1(files['local'])}"    # the same file anywhere, any copy
     pipeline.weights_meta = {k: m for k, (_, m) in metas.items()}
     return pipeline

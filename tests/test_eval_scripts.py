@@ -218,3 +218,30 @@ def test_out_of_the_box_makes_and_evaluates_a_default_test_set(tmp_path, monkeyp
     assert run_eval_script(args + ["--overwrite"]) == 0
     assert "using the builtin one" in capsys.readouterr().out
     assert not (tmp_path / "data" / "data_test").exists()          # the paper's location stays free
+
+
+def test_feature_cache_lets_a_later_run_skip_the_local_stage(weights, authors_set, tmp_path, capsys):
+    """--feature_cache DIR: the first run stores one token file per pair; a later run with a copy of the
+    same local weights (another folder) and other global weights (W) reuses them all; the sparse
+    results of both runs with the cache equal a run without it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(weights, copy)
+    cache = tmp_path / "tokens"
+    common = [*SMALL, "--data_path", str(authors_set), "--log_path", str(tmp_path), "--no_figures"]
+    assert run_eval_script([*common, "--model_path", str(weights), "--run_name", "plain"]) == 0
+    assert run_eval_script([*common, "--model_path", str(weights), "--feature_cache", str(cache),
+                            "--run_name", "first"]) == 0
+    assert "0 pair(s) reused (0 from disk), 2 computed" in capsys.readouterr().out
+    assert len(list(cache.glob("*.pt"))) == 2
+    assert run_eval_script([*common, "--model_path", str(copy), "--feature_cache", str(cache), "--densify", "w",
+                            "--run_name", "later"]) == 0
+    assert "2 pair(s) reused (2 from disk), 0 computed" in capsys.readouterr().out
+    assert run_eval_script([*common, "--model_path", str(copy), "--feature_cache", str(cache),
+                            "--run_name", "again"]) == 0
+    plain, again = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("plain", "again"))
+    keys = ("delta1", "delta2", "delta3", "rmse_cm", "absrel", "n_pixels")
+    assert [[s[k] for k in keys] for s in plain["per_scene"]] == [[s[k] for k in keys] for s in again["per_scene"]]
+    (tmp_path / "not_a_folder").write_text("x")
+    assert run_eval_script([*common, "--model_path", str(weights), "--feature_cache", str(tmp_path / "not_a_folder"),
+                            "--run_name", "bad"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

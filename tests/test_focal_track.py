@@ -224,3 +224,20 @@ def test_infer_method_focal_track(tmp_path, capsys):
     assert infer_main([str(a), str(b), "--out", str(tmp_path / "o2"), "--method", "focal_track",
                        "--ft_window", "61", "--device", "cpu"]) == 2
     assert "at least 61×61" in capsys.readouterr().err
+
+
+def test_compare_keeps_the_local_tokens_with_feature_cache(tmp_path, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.manual_seed(0)
+    save_weights(LocalStage(11), weights / WEIGHT_FILES["local"])
+    torch.save(GlobalStage(8, 8).state_dict(), weights / WEIGHT_FILES["global"])
+    data = write_test_set(tmp_path / "data", 1, 25)
+    argv = [*SMALL_FT, "--compare", "--R", "11", "--img_size", "25", "25", "--data_path", str(data),
+            "--log_path", str(tmp_path), "--model_path", str(weights), "--feature_cache", str(tmp_path / "tokens")]
+    assert run_eval_script([*argv, "--run_name", "a"]) == 0
+    assert "1 pair(s) reused (0 from disk), 1 computed" in capsys.readouterr().out     # sparse made it, dt reused it
+    assert run_eval_script([*argv, "--run_name", "b"]) == 0
+    assert "2 pair(s) reused (1 from disk), 0 computed" in capsys.readouterr().out
+    a, b = (json.loads((tmp_path / n / "comparison.json").read_text())["rows"] for n in ("a", "b"))
+    assert [r.get("average") for r in a] == [r.get("average") for r in b]

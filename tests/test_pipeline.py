@@ -428,3 +428,45 @@ def test_a_shared_feature_cache_runs_the_local_stage_once_per_pair(nets, pair, r
     other.feature_cache = cache
     other.run(pair)
     assert cache.hits == 1 and len(cache) == 3
+
+
+def test_a_feature_cache_on_disk_serves_a_later_run(nets, pair, runs, tmp_path):
+    """--feature_cache DIR: a second process (a fresh cache object on the same folder) gets the tokens
+    from disk, never runs the local stage and returns the same maps; a truncated entry is recomputed."""
+    from blurry_edges.pipeline import FeatureCache
+
+    first = make(nets, densify="none")
+    first.local_identity = "sha1:same-weights"
+    first.feature_cache = FeatureCache(tmp_path / "tokens")
+    first.run(pair)
+    entries = sorted((tmp_path / "tokens").glob("*.pt"))
+    assert len(entries) == 1 and not list((tmp_path / "tokens").glob("*.tmp"))
+    later = make(nets, densify="dt")
+    later.local_identity = "sha1:same-weights"
+    later.feature_cache = FeatureCache(tmp_path / "tokens")
+    calls = []
+    hook = later.local.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = later.run(pair)
+    finally:
+        hook.remove()
+    assert calls == [] and later.feature_cache.disk_hits == 1
+    for key in ("depth_raw", "confidence", "depth"):
+        assert torch.equal(out[key], runs["dt"][key])
+    assert "1 pair(s) reused (1 from disk), 0 computed" in later.feature_cache.describe()
+    # other local weights miss; a truncated entry is a miss that is rewritten, never an error
+    other = make(nets, densify="none")
+    other.local_identity = "sha1:other-weights"
+    other.feature_cache = FeatureCache(tmp_path / "tokens")
+    other.run(pair)
+    assert other.feature_cache.hits == 0 and len(list((tmp_path / "tokens").glob("*.pt"))) == 2
+    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    again = make(nets, densify="none")
+    again.local_identity = "sha1:same-weights"
+    again.feature_cache = FeatureCache(tmp_path / "tokens")
+    torch.testing.assert_close(again.run(pair)["depth"], runs["none"]["depth"], rtol=0, atol=0)
+    assert again.feature_cache.unreadable == 1 and "1 unreadable entry recomputed" in again.feature_cache.describe()
+    assert FeatureCache(tmp_path / "tokens").get(FeatureCache.key(again, pair)) is not None   # rewritten whole
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        FeatureCache(tmp_path / "a_file")
