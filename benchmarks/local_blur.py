@@ -5,7 +5,8 @@ whose η does not follow the true blur gives the global stage nothing to refine.
 validation patch with true boundary pixels near its centre, this script runs the local stage on
 the noisy patch, takes the η of the wedge that owns those pixels (sparse ownership mask, Eq. 19)
 and compares it with the true blur ``σ_px(z, ρ_image) / (R//2)`` (Eq. 3) of their median depth.
-Printed: correlation and RMSE of that η, the same for the better of the two wedges (an upper
+Printed: correlation, RMSE and least-squares slope (1: η spans the true range; below 1: shrunk
+towards the mean) of that η, the same for the better of the two wedges (an upper
 bound), the mean of the local loss terms (colors fitted to the noisy patch, as in validation,
 with the supervised blur term of ``--beta_blur``), and how long it took.
 
@@ -28,6 +29,7 @@ from blurry_edges.cli import add_bf16_argument  # noqa: E402
 from blurry_edges.features import local_outputs, resolve_bf16  # noqa: E402
 from blurry_edges.losses import LocalLoss, true_blur  # noqa: E402
 from blurry_edges.models import LocalStage, load_weights  # noqa: E402
+from blurry_edges.yardsticks import slope  # noqa: E402
 from blurry_edges.wedges import WedgeRenderer, decode_local, eta_from_logit, ownership_mask  # noqa: E402
 
 
@@ -69,7 +71,8 @@ def blur_accuracy(model: torch.nn.Module, ds: LocalPatchDataset, n: int, bf16: b
         return float(np.corrcoef(a[:, 0], a[:, col])[0, 1]), float(np.sqrt(np.mean((a[:, col] - a[:, 0]) ** 2)))
 
     return {"patches": len(a), "true_mean": float(a[:, 0].mean()), "true_std": float(a[:, 0].std()),
-            "owner": score(1), "best_wedge": score(2), "pred_mean": float(a[:, 1].mean()), "terms": terms}
+            "owner": score(1), "best_wedge": score(2), "pred_mean": float(a[:, 1].mean()),
+            "owner_slope": slope(a[:, 1], a[:, 0]), "terms": terms}
 
 
 def main() -> None:
@@ -92,7 +95,8 @@ def main() -> None:
         r = blur_accuracy(model, ds, args.patches, bf16)
         terms = ", ".join(f"{k} {v:.5f}" for k, v in r["terms"].items())
         print(f"{w}\n  {r['patches']} patches, true η {r['true_mean']:.3f} ± {r['true_std']:.3f}; "
-              f"owning wedge: correlation {r['owner'][0]:+.3f}, RMSE {r['owner'][1]:.3f} (mean η {r['pred_mean']:.3f}); "
+              f"owning wedge: correlation {r['owner'][0]:+.3f}, RMSE {r['owner'][1]:.3f} (mean η {r['pred_mean']:.3f}, "
+              f"slope on true η {r['owner_slope']:.3f}); "
               f"better wedge: {r['best_wedge'][0]:+.3f}, {r['best_wedge'][1]:.3f}\n  terms: {terms} "
               f"({time.perf_counter() - t0:.1f} s)")
 
