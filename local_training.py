@@ -41,6 +41,10 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these local-stage weights (e.g. the shipped ones) with a fresh optimizer and "
                         "schedule; --resume continues a checkpoint instead")
+    p.add_argument("--freeze_batchnorm", action="store_true",
+                   help="keep every BatchNorm layer in evaluation mode (its running statistics fixed and used) while "
+                        "training: for fine-tuning trained weights, whose statistics a training-mode step would "
+                        "refresh (README: Training on a CPU, fine-tuning)")
     add_runtime_args(p, seed=1869, deterministic=False)
     args = p.parse_args(argv)
     check_training_outputs(p, args, ("exp_local_stage",))

@@ -140,7 +140,8 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
                       seed=args.seed, log_path=args.log_path, model_path=args.model_path,
                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, max_minutes=args.max_minutes,
                       bf16=resolve_bf16(args.bf16, parse_device(args.cuda)), num_workers=args.num_workers,
-                      args=plain(args), progress=args.progress, lr_schedule=getattr(args, "lr_schedule", "plateau"))
+                      args=plain(args), progress=args.progress, lr_schedule=getattr(args, "lr_schedule", "plateau"),
+                      freeze_batchnorm=getattr(args, "freeze_batchnorm", False))
 
 
 

@@ -297,3 +297,19 @@ def test_parse_device_and_settings():
         assert not torch.is_autocast_enabled("cpu")
     with autocast_context(torch.device("cpu"), True):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path, freeze):
+    """--freeze_batchnorm (fine-tunes): the weights train, every BatchNorm's running statistics stay as
+    they were; without it a training step refreshes them."""
+    set_seed(1869)
+    task = LocalTask(11, schedule=LocalSchedule(dynamic_epoch=1))
+    bn = [m for m in task.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    weight = task.model.fc[1].weight.detach().clone()
+    fit(task, make_patches(8, seed=3), make_patches(4, seed=4),
+        _cfg(tmp_path, epochs=1, batch_size=4, freeze_batchnorm=freeze), DistContext(torch.device("cpu")))
+    kept = all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(bn, stats))
+    assert bn and kept == freeze
+    assert not torch.equal(task.model.fc[1].weight, weight)        # the weights still train

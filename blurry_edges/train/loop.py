@@ -54,6 +54,7 @@ class LoopConfig:
     lr_schedule: str = "plateau"        # "plateau": the task's (the authors'); "cosine": warm-up + cosine decay
     warmup_frac: float = 0.02           # cosine: fraction of the steps with a linear warm-up
     min_lr_frac: float = 0.05           # cosine: the learning rate ends at this fraction of the initial one
+    freeze_batchnorm: bool = False      # BatchNorm layers stay in evaluation mode while training (fine-tunes)
 
 
 def _loader(dataset: Dataset, batch: int, shuffle: bool, cfg: LoopConfig, ctx: DistContext) -> tuple[DataLoader, DistributedSampler]:
@@ -171,6 +172,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         weights = task.schedule(epoch)
         train_sampler.set_epoch(epoch)
         model.train()
+        if cfg.freeze_batchnorm:                        # fine-tune: keep the running statistics and use them
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         steps = tqdm(train_loader, leave=False, disable=not show, desc=f"epoch {epoch + 1}", dynamic_ncols=True)
         train_total = torch.zeros((), dtype=torch.float64, device=device)
         for step, batch in enumerate(steps):
