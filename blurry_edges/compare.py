@@ -126,7 +126,7 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
     dt = DTParams(confidence_weighted=args.dt_confidence_weighted)
     try:                           # the modes share one local stage: it runs once per pair, not per mode
         shared = FeatureCache(getattr(args, "feature_cache", None))
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for key, name, method, mode in ROWS:

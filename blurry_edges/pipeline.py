@@ -232,7 +232,11 @@ class FeatureCache:
             if self.directory.exists() and not self.directory.is_dir():
                 raise ValueError(f"--feature_cache {self.directory} is a file, not a folder; pass a folder "
                                  "(it is created when missing)")
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"--feature_cache {self.directory} cannot be created ({e.strerror}); pass a "
+                                 "folder you can write to") from e
         self.hits = 0
         self.disk_hits = 0
         self.unreadable = 0
@@ -257,9 +261,10 @@ class FeatureCache:
 
     def get(self, key: tuple) -> Optional[tuple[torch.Tensor, float]]:
         hit = self._store.get(key)
-        if hit is None and self.directory is not None and self._path(key).is_file():
+        path = self._path(key) if hit is None and self.directory is not None else None
+        if path is not None and path.is_file():
             try:
-                entry = torch.load(self._path(key), map_location="cpu", weights_only=True)
+                entry = torch.load(path, map_location="cpu", weights_only=True)
                 if entry["key"] == repr(key):
                     hit = (entry["tokens"], float(entry["seconds"]))
                     self._store[key] = hit

@@ -171,15 +171,20 @@ def test_compare_without_weights_runs_focal_track_and_says_weights_are_needed(tm
     assert (tmp_path / "compare" / "focal_track" / "scene_0000.npz").is_file()
 
 
-def test_compare_with_weights_measures_blurry_edges_rows(tmp_path):
+def _compare_argv(tmp_path: Path) -> list[str]:
+    """--compare over one 25×25 scene with random R = 11 local and global weights (no W, no U-Net)."""
     weights = tmp_path / "weights"
     weights.mkdir()
     torch.manual_seed(0)
     save_weights(LocalStage(11), weights / WEIGHT_FILES["local"])
     torch.save(GlobalStage(8, 8).state_dict(), weights / WEIGHT_FILES["global"])
     data = write_test_set(tmp_path / "data", 1, 25)
-    argv = [*SMALL_FT, "--compare", "--R", "11", "--img_size", "25", "25", "--data_path", str(data),
-            "--log_path", str(tmp_path), "--model_path", str(weights), "--run_name", "cmp"]
+    return [*SMALL_FT, "--compare", "--R", "11", "--img_size", "25", "25", "--data_path", str(data),
+            "--log_path", str(tmp_path), "--model_path", str(weights)]
+
+
+def test_compare_with_weights_measures_blurry_edges_rows(tmp_path):
+    argv = [*_compare_argv(tmp_path), "--run_name", "cmp"]
     assert run_eval_script(argv) == 0
     rows = {r["key"]: r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]}
     assert rows["sparse"]["status"] == "measured" and rows["dt"]["status"] == "measured"
@@ -227,14 +232,7 @@ def test_infer_method_focal_track(tmp_path, capsys):
 
 
 def test_compare_keeps_the_local_tokens_with_feature_cache(tmp_path, capsys):
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    torch.manual_seed(0)
-    save_weights(LocalStage(11), weights / WEIGHT_FILES["local"])
-    torch.save(GlobalStage(8, 8).state_dict(), weights / WEIGHT_FILES["global"])
-    data = write_test_set(tmp_path / "data", 1, 25)
-    argv = [*SMALL_FT, "--compare", "--R", "11", "--img_size", "25", "25", "--data_path", str(data),
-            "--log_path", str(tmp_path), "--model_path", str(weights), "--feature_cache", str(tmp_path / "tokens")]
+    argv = [*_compare_argv(tmp_path), "--feature_cache", str(tmp_path / "tokens")]
     assert run_eval_script([*argv, "--run_name", "a"]) == 0
     assert "1 pair(s) reused (0 from disk), 1 computed" in capsys.readouterr().out     # sparse made it, dt reused it
     assert run_eval_script([*argv, "--run_name", "b"]) == 0
