@@ -123,11 +123,16 @@ def choose_weights(stage: str, model_path: str | os.PathLike, explicit: str | os
         elif shipped.is_file():
             path, why = shipped, "the shipped weights in --model_path"
         else:
+            hint = ""
+            sparse = [f for f in (folder / TRAINED_FILES["global"], folder / WEIGHT_FILES["global"]) if f.is_file()]
+            if stage == "global_w" and sparse:          # README "Weights": the sparse weights in W mode
+                hint = (f"; or run the sparse global stage in W mode (W mask, τ = 0): --global_weights {sparse[0]} "
+                        "(README, \"Weights\")")
             raise FileNotFoundError(
                 f"no weights for the {name} in --model_path {folder}: neither {TRAINED_FILES[stage]} (what "
                 f"`{_TRAINED_BY[stage]} --model_path {folder}` writes) nor {WEIGHT_FILES[stage]} (the authors' "
                 f"published file, placed there by hand). Pass the --model_path that training wrote to, or "
-                f"{_OPTIONS[stage]} FILE")
+                f"{_OPTIONS[stage]} FILE{hint}")
     if log is not None:
         log(f"{name} weights: {path} ({why})")
     return path

@@ -55,6 +55,18 @@ def test_one_rule_for_choosing_weights(tmp_path, capsys):
     msg = str(err.value)
     assert "best_run_exp_global_stage.pth" in msg and "pretrained_global_stage.pth" in msg
     assert "python global_training.py" in msg and "--global_weights" in msg
+    assert "W mode" not in msg                                         # no sparse file there to suggest
+
+
+def test_missing_w_weights_suggest_the_sparse_ones_in_w_mode(tmp_path):
+    d = tmp_path / "w"
+    _trained(d, names=WEIGHT_FILES)
+    (d / WEIGHT_FILES["global_w"]).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError) as err:
+        choose_weights("global_w", d)
+    msg = str(err.value)
+    assert "pretrained_global_stage_w.pth" in msg
+    assert f"--global_weights {d / WEIGHT_FILES['global']}" in msg and "W mode" in msg
 
 
 def test_eval_takes_R_stride_and_size_from_trained_weights(tmp_path, test_set, capsys):
