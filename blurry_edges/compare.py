@@ -14,8 +14,8 @@ sparse method picks its pixels, so only these same-pixel figures tell learned de
 
 Outputs under ``--log_path/<run name>/`` (default run name ``compare`` / ``compare_big``): one
 sub-folder per method (``focal_track/``, ``sparse/``, ``w/``, ``pp/``, ``dt/``) holding the usual
-``scene_XXXX.npz`` / ``.png``, ``summary.csv`` and ``summary.json``, plus ``comparison.csv`` and
-``comparison.json`` with the table.
+``scene_XXXX.npz`` / ``.png``, ``summary.csv`` and ``summary.json``, plus ``comparison.csv``,
+``comparison.json`` and ``comparison.md`` (a Markdown table for a README) with the table.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .camera import CameraParams
 from .densify import DTParams
 from .metrics import METRIC_NAMES
 
-__all__ = ["PAPER_TABLE3", "ROWS", "format_table", "run_comparison"]
+__all__ = ["PAPER_TABLE3", "ROWS", "format_markdown", "format_table", "run_comparison"]
 
 #: Paper Table 3 (synthetic test set, 147×147, two images): δ1, δ2, δ3, RMSE (cm), AbsRel.
 PAPER_TABLE3: dict[str, tuple[float, float, float, float, float]] = {
@@ -92,6 +92,34 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"{'':<22} {'paper':<9} {d1:>6.3f} {d2:>6.3f} {d3:>6.3f} {rmse:>8.3f} {absrel:>7.3f}  "
                          "Table 3, 200 scenes")
     return "\n".join(lines)
+
+
+def format_markdown(results: list[dict]) -> str:
+    """The comparison as a Markdown table (``comparison.md``), ready for a README: per method its
+    measured row with the share of pixels it kept, the yardsticks on exactly those pixels (Blurry-Edges
+    rows) and the paper's Table 3 row. Rows that were not measured say why."""
+    lines = ["| method | source | δ1 | δ2 | δ3 | RMSE (cm) | AbsRel | pixels | note |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def cells(m: dict) -> str:
+        return " | ".join(_num(m.get(k)) for k in METRIC_NAMES)
+
+    for r in results:
+        if r["status"] == "measured":
+            y = r.get("yardsticks") or {}
+            pixels = f"{100 * y['coverage']:.0f} %" if "coverage" in y else ""
+            n = r["n_scenes"]
+            lines.append(f"| {r['name']} | measured | {cells(r['average'])} | {pixels} | {n} scene{'s' * (n != 1)} |")
+            for name, m, note in _same_pixel_rows(r):
+                note = note.split("; ", 1)[1] if "; " in note else note.removeprefix("same pixels (").rstrip(")")
+                lines.append(f"| {name.strip()} | same pixels | {cells(m)} | {pixels} | {note} |")
+        else:
+            lines.append(f"| {r['name']} | measured | | | | | | | {r['note']} |")
+        paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
+        if paper is not None:
+            lines.append(f"| {r['name']} | paper | " + " | ".join(f"{v:.3f}" for v in paper)
+                         + " | | Table 3, 200 scenes of its own test set |")
+    return "\n".join(lines) + "\n"
 
 
 def _add_yardsticks(results: list[dict], crop: int, camera: CameraParams) -> None:
@@ -191,5 +219,6 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
             paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
             if paper is not None:
                 w.writerow([r["name"], "paper", *paper, 200, "Table 3"])
-    print(f"\nOutputs written to {root}/ (one folder per method, comparison.csv, comparison.json)")
+    (root / "comparison.md").write_text(format_markdown(results))
+    print(f"\nOutputs written to {root}/ (one folder per method, comparison.csv, comparison.json, comparison.md)")
     return 0

@@ -196,6 +196,14 @@ def test_compare_with_weights_measures_blurry_edges_rows(tmp_path):
     assert 0.75 <= y["constant"] <= 1.18 and 0.0 <= y["coverage"] <= 1.0     # random weights may keep no pixel
     assert set(y["focal_track_same_pixels"]) >= {"delta1", "rmse_cm"} and "slope" in y
     assert any(line.startswith("Ours (sparse): Focal Track,yardstick,") for line in lines)
+    # the same table as Markdown: measured rows with their kept pixels, yardsticks, the paper's rows
+    md = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    assert md[0].startswith("| method | source | δ1 |") and all(line.count("|") == 10 for line in md)
+    sparse = next(line for line in md if line.startswith("| Ours (sparse) | measured |"))
+    assert f"| {100 * y['coverage']:.0f} % |" in sparse and "| 1 scene |" in sparse
+    assert any(line.startswith("| constant ") and "| same pixels |" in line for line in md)
+    assert "| Ours-PP | paper | 0.806 | 0.906 | 0.945 | 3.992 | 2.691 |" in "\n".join(md)
+    assert any(line.startswith("| Ours-W | measured |") and "needs trained weights" in line for line in md)
 
 
 def test_bad_script_arguments(tmp_path, capsys):

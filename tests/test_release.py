@@ -42,6 +42,7 @@ def test_release_refuses_a_file_of_another_stage(tmp_path):
 
 @pytest.mark.parametrize("key, model", [("local", lambda m: LocalStage(int(m.get("R", 21)))),
                                         ("global", lambda m: GlobalStage(stride=int(m.get("stride", 2)))),
+                                        ("global_w", lambda m: GlobalStage(stride=int(m.get("stride", 2)))),
                                         ("pp", lambda m: UNet())])
 def test_shipped_weights_load_strictly_and_carry_their_recipe(key, model):
     path = SHIPPED / WEIGHT_FILES[key]
