@@ -35,9 +35,15 @@ def _batch(ds: LocalPatchDataset, idx: list[int]) -> list[torch.Tensor]:
     return [torch.stack([it[k] for it in items]) for k in range(len(items[0]))]
 
 
-def held_out_loss(task: LocalTask, model: torch.nn.Module, batch: list[torch.Tensor], chunk: int = 64) -> float:
-    """Mean training objective of ``model`` (BatchNorm in evaluation mode) over ``batch``."""
-    model.eval()
+def held_out_loss(task: LocalTask, model: torch.nn.Module, batch: list[torch.Tensor], chunk: int = 64,
+                  batchnorm: str = "eval") -> float:
+    """Mean training objective of ``model`` over ``batch``: BatchNorm in evaluation mode (running
+    statistics, as validation and inference use it), or ``batchnorm="train"`` on a copy whose BatchNorm
+    normalizes each ``chunk`` by its own statistics, as a training step of that batch size does."""
+    if batchnorm == "train":
+        model = copy.deepcopy(model).train()
+    else:
+        model.eval()
     n = batch[0].shape[0]
     with torch.no_grad():
         parts = [float(task.loss(model, [b[i:i + chunk] for b in batch], task.final_schedule(), True)) * min(chunk, n - i)
@@ -71,7 +77,9 @@ def main() -> None:
     model = LocalStage(ds.R)
     load_weights(model, args.weights, what="local stage")
     task = LocalTask(ds.R, schedule=LocalSchedule(beta_blur=args.beta_blur, dynamic_epoch=1), model=model)
-    print(f"{args.weights}: held-out loss {held_out_loss(task, model, fixed):.5f} before; AdamW lr {args.lr:g}, "
+    print(f"{args.weights}: held-out loss {held_out_loss(task, model, fixed):.5f} before "
+          f"({held_out_loss(task, model, fixed, chunk=args.batch_size, batchnorm='train'):.5f} with BatchNorm on the "
+          f"statistics of batches of {args.batch_size}, as in a training step); AdamW lr {args.lr:g}, "
           f"BatchNorm {args.bn}, batch {args.batch_size}, {args.steps} steps, {args.threads} thread(s)", flush=True)
     m = copy.deepcopy(model).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=0.01)
