@@ -57,17 +57,25 @@ def _num(v: Optional[float], digits: int = 3) -> str:
     return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _same_pixel_rows(r: dict) -> list[tuple[str, dict, str]]:
-    """(name, metrics, note) of the yardstick lines under a measured row, if it was scored."""
+def _same_pixel_rows(r: dict, with_pixels: bool = True) -> list[tuple[str, dict, str]]:
+    """(name, metrics, note) of the yardstick lines under a measured row, if it was scored; the note
+    names the shared pixels unless ``with_pixels`` is False (a table with a pixels column)."""
     y = r.get("yardsticks")
     if not y:
         return []
+    pixels = f"same pixels ({100 * y['coverage']:.0f} %); " if with_pixels else ""
     rows = [(f"  constant {y['constant']:.3f} m", y["constant_same_pixels"],
-             f"same pixels ({100 * y['coverage']:.0f} %); depth correlation per scene {_num(y['correlation'], 2)}"
+             f"{pixels}depth correlation per scene {_num(y['correlation'], 2)}"
              + (f"; slope on true depth {_num(y['slope'], 2)}" if "slope" in y else ""))]
     if y.get("focal_track_same_pixels"):
-        rows.append(("  Focal Track", y["focal_track_same_pixels"], "same pixels (its dense estimate)"))
+        rows.append(("  Focal Track", y["focal_track_same_pixels"],
+                     "same pixels (its dense estimate)" if with_pixels else "its dense estimate"))
     return rows
+
+
+def _paper_row(r: dict) -> Optional[tuple[float, float, float, float, float]]:
+    """The paper's Table 3 figures for a result row (``Ours-DT (densify dt)`` has none)."""
+    return PAPER_TABLE3.get(r["name"].split(" (densify")[0])
 
 
 def format_table(results: list[dict]) -> str:
@@ -86,7 +94,7 @@ def format_table(results: list[dict]) -> str:
                              f"{_num(m['delta3']):>6} {_num(m['rmse_cm']):>8} {_num(m['absrel']):>7}  {note}")
         else:
             lines.append(f"{r['name']:<22} {'measured':<9} {'':>6} {'':>6} {'':>6} {'':>8} {'':>7}  {r['note']}")
-        paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
+        paper = _paper_row(r)
         if paper is not None:
             d1, d2, d3, rmse, absrel = paper
             lines.append(f"{'':<22} {'paper':<9} {d1:>6.3f} {d2:>6.3f} {d3:>6.3f} {rmse:>8.3f} {absrel:>7.3f}  "
@@ -110,12 +118,11 @@ def format_markdown(results: list[dict]) -> str:
             pixels = f"{100 * y['coverage']:.0f} %" if "coverage" in y else ""
             n = r["n_scenes"]
             lines.append(f"| {r['name']} | measured | {cells(r['average'])} | {pixels} | {n} scene{'s' * (n != 1)} |")
-            for name, m, note in _same_pixel_rows(r):
-                note = note.split("; ", 1)[1] if "; " in note else note.removeprefix("same pixels (").rstrip(")")
+            for name, m, note in _same_pixel_rows(r, with_pixels=False):
                 lines.append(f"| {name.strip()} | same pixels | {cells(m)} | {pixels} | {note} |")
         else:
             lines.append(f"| {r['name']} | measured | | | | | | | {r['note']} |")
-        paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
+        paper = _paper_row(r)
         if paper is not None:
             lines.append(f"| {r['name']} | paper | " + " | ".join(f"{v:.3f}" for v in paper)
                          + " | | Table 3, 200 scenes of its own test set |")
@@ -216,7 +223,7 @@ def run_comparison(args: argparse.Namespace, dataset, camera: CameraParams, big:
                                 r["n_scenes"], note])
             else:
                 w.writerow([r["name"], "measured", *([""] * len(METRIC_NAMES)), 0, r["note"]])
-            paper = PAPER_TABLE3.get(r["name"].split(" (densify")[0])
+            paper = _paper_row(r)
             if paper is not None:
                 w.writerow([r["name"], "paper", *paper, 200, "Table 3"])
     (root / "comparison.md").write_text(format_markdown(results))
