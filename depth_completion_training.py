@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights
+from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights, weights_id
 from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
                                run_script, settings_from_weights)
@@ -159,6 +159,7 @@ def main(argv=None) -> dict:
         global_model = GlobalStage(work.Hp, work.Wp, grid.stride)
         meta = load_weights(global_model, args.global_weights, what="global stage")
         settings_from_weights({"weights": (args.global_weights, meta)}, R=args.R, stride=args.stride)
+        global_id = weights_id(global_model.state_dict())   # recorded in the U-Net's meta (runs.pairing_notes)
         global_model.to(ctx.device).eval()
         camera = resolve_camera(args, scenes["train"])
         args.camera_params = camera.to_dict()
@@ -172,7 +173,8 @@ def main(argv=None) -> dict:
         del global_model
 
         set_seed(args.seed, args.deterministic)          # the U-Net's start does not depend on the cache
-        source = {"R": args.R, "stride": args.stride, "img_size": [grid.H, grid.W], "crop_tokens": args.crop_tokens}
+        source = {"R": args.R, "stride": args.stride, "img_size": [grid.H, grid.W], "crop_tokens": args.crop_tokens,
+                  "global_weights_id": global_id}
         task = DepthCompletionTask(args.loss, args.augment, source=source, map_size=(work.H, work.W))
         train_set, val_set = (SparseDensePairs(files[s], root, s, crops, scenes[s].crop_origins)
                               for s in ("train", "val"))

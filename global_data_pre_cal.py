@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from blurry_edges import memory
-from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights
+from blurry_edges.models import WEIGHT_FILES, LocalStage, load_weights, weights_id
 from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, OutputLocationError, agree, check_output_dir, choose_weights,
                                positive_int, run_script, settings_from_weights, weights_meta)
@@ -117,7 +117,8 @@ def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
             pos += noisy.shape[0]
     if ctx.is_main:
         info = {"R": args.R, "stride": args.stride, "img_size": [full_grid.H, full_grid.W], "shape": list(shape),
-                "local_weights": str(args.local_weights), "bf16": bool(args.bf16), "num_scenes": n_scenes,
+                "local_weights": str(args.local_weights), "local_weights_id": args.local_weights_id,
+                "bf16": bool(args.bf16), "num_scenes": n_scenes,
                 "crop_tokens": args.crop_tokens, "crop_seed": args.seed if crops is not None else None}
         (root / f"params_src_{split}.json").write_text(json.dumps(info, indent=2))
     ctx.barrier()
@@ -138,6 +139,7 @@ def main(argv=None) -> list[Path]:
         model = LocalStage(args.R)
         meta = load_weights(model, args.local_weights, what="local stage")
         settings_from_weights({"weights": (args.local_weights, meta)}, R=args.R)
+        args.local_weights_id = weights_id(model.state_dict())     # the global stage trained on these tokens records it
         args.bf16 = resolve_bf16(args.bf16, ctx.device)
         model.to(ctx.device).eval()
         if ctx.device.type == "cpu":

@@ -134,7 +134,8 @@ def main(argv=None) -> dict:
         if args.epoch_num == 0 and args.resume:
             raise SystemExit("--epoch_num 0 trains only the pass-through warm start, which does not resume; "
                              "drop --resume")
-        task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur)
+        task = GlobalTask(grid, camera, schedule, variant=variant, model=model, crops=crops, beta_blur=args.beta_blur,
+                          local_weights_id=info.get("local_weights_id"))
         if args.pass_through_steps and not args.resume:
             from blurry_edges.train.recipe import pass_through_warm_start
             t_warm = time.time()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -604,8 +605,8 @@ def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Op
     ``bf16``: ``True``/``False`` or ``"auto"``/``"on"``/``"off"`` (``--bf16``), resolved for ``device``
     by :func:`blurry_edges.features.resolve_bf16`; the pipeline's ``config.bf16`` is the result.
     """
-    from .models import GlobalStage, LocalStage, UNet, load_weights
-    from .runs import choose_weights, settings_from_weights, weights_meta
+    from .models import GlobalStage, LocalStage, UNet, load_weights, weights_id
+    from .runs import choose_weights, pairing_notes, settings_from_weights, weights_meta
 
     mode = normalize_densify(densify)
     gkey = "global_w" if mode == "w" else "global"
@@ -633,6 +634,15 @@ def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Op
     if mode == "pp":
         unet = UNet()
         load_weights(unet, files["pp"], map_location="cpu", what="depth-completion U-Net")
+    ids = {"local": weights_id(local.state_dict())}
+    if mode == "pp":
+        metas["pp"] = (files["pp"], weights_meta(files["pp"]))
+        ids["global"] = weights_id(glob.state_dict())
+    for note in pairing_notes(files, {k: m for k, (_, m) in metas.items()}, ids):
+        if log is not None:
+            log(note)
+        else:
+            warnings.warn(note, stacklevel=2)
     config = PipelineConfig(R=R, stride=stride, densify=mode, rho_prime=rho_prime, bf16=bf16, margin=margin,
                             tile_batch=tile_batch, dt_params=dt_params or DTParams(), dt_guide=dt_guide, tau=tau)
     pipeline = DepthPipeline(local, glob, camera, config, unet=unet, device=device)

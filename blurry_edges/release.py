@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .models import WEIGHT_FILES, GlobalStage, LocalStage, UNet, load_weights, save_weights
+from .models import WEIGHT_FILES, GlobalStage, LocalStage, UNet, load_weights, save_weights, weights_id
 from .models.weights import WEIGHT_DIR
 
 STAGES = {"local": "local", "global": "global", "global_w": "global_w", "pp": "pp"}
@@ -33,17 +33,48 @@ def _model_for(stage: str, meta: dict[str, Any]) -> torch.nn.Module:
     return UNet()
 
 
+def _load(stage: str, path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network of ``stage`` with the weights of ``path`` (strict) and their meta."""
+    probe = torch.load(path, map_location="cpu", weights_only=True)
+    meta = dict(probe.get("meta", {})) if isinstance(probe, dict) else {}
+    model = _model_for(stage, meta)
+    return model, load_weights(model, path, what=stage)
+
+
+def trained_on_record(stage: str, source: str | Path) -> dict[str, str]:
+    """``{meta key: weights_id}`` saying which weights ``stage`` was trained on the outputs of
+    (:data:`blurry_edges.runs.TRAINED_ON`), for trainings older than that record; ``source`` is
+    loaded strictly as the network it must be (the local stage for a global stage, the global stage
+    for the U-Net)."""
+    from .runs import TRAINED_ON
+
+    if stage not in TRAINED_ON:
+        raise ValueError(f"--trained_on: the {stage} stage is not trained on another network's outputs")
+    source_stage, key = TRAINED_ON[stage]
+    model, _ = _load(source_stage, source)
+    return {key: weights_id(model.state_dict())}
+
+
 def ship(stage: str, src: str | Path, recipe: str, out_dir: str | Path = WEIGHT_DIR,
-         cpu_minutes: Optional[float] = None, extra: Optional[dict[str, Any]] = None) -> Path:
-    """Copy ``src`` (weights written by a training script) to ``out_dir/<authors' name>`` in fp16."""
+         cpu_minutes: Optional[float] = None, extra: Optional[dict[str, Any]] = None,
+         trained_on: str | Path | None = None) -> Path:
+    """Copy ``src`` (weights written by a training script) to ``out_dir/<authors' name>`` in fp16.
+
+    ``trained_on``: the weights whose outputs ``src`` was trained on, recorded by their
+    :func:`~blurry_edges.models.weights_id` (:func:`trained_on_record`) where the training did not
+    record it; a training that did must agree.
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     src = Path(src)
-    probe = torch.load(src, map_location="cpu", weights_only=True)
-    meta = dict(probe.get("meta", {})) if isinstance(probe, dict) else {}
-    model = _model_for(stage, meta)
-    meta = load_weights(model, src, what=stage)
+    model, meta = _load(stage, src)
     meta = {k: v for k, v in meta.items() if k not in ("arch", "dtype")}
+    if trained_on is not None:
+        for key, value in trained_on_record(stage, trained_on).items():
+            if meta.get(key, value) != value:
+                raise ValueError(f"--trained_on {trained_on} is {value}, but {src} records that it was trained on "
+                                 f"{meta[key]} ({key}); give the weights it was trained on, or leave --trained_on out")
+            meta[key] = value
     if cpu_minutes is None and "train_minutes" in meta:
         cpu_minutes = float(meta["train_minutes"]) * int(meta.get("processes", 1))
     meta.update(recipe=recipe, cpu_minutes=cpu_minutes, shipped_from=src.name, **(extra or {}))
@@ -138,10 +169,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     p.add_argument("--steps", type=int, default=None, help="override the optimizer steps (default: from the meta)")
     p.add_argument("--commit", type=str, default=None,
                    help="the commit that trained them (default: from the meta; older trainings did not record it)")
+    p.add_argument("--trained_on", default=None, metavar="WEIGHTS",
+                   help="global / global_w: the local-stage weights whose tokens it was trained on; pp: the global "
+                        "stage whose maps it was trained on (recorded by content, so that loading the file beside "
+                        "other weights warns; trainings since the record do it themselves)")
     args = p.parse_args(argv)
     extra = {k: getattr(args, k) for k in ("samples_seen", "steps", "commit") if getattr(args, k) is not None} or None
     try:
-        dst = ship(args.stage, args.weights, args.recipe, args.out_dir, args.cpu_minutes, extra)
+        dst = ship(args.stage, args.weights, args.recipe, args.out_dir, args.cpu_minutes, extra, args.trained_on)
     except (FileNotFoundError, ValueError) as e:
         p.exit(2, f"error: {e}\n")
     print(f"wrote {dst}")

@@ -188,6 +188,41 @@ def settings_from_weights(metas: dict[str, tuple[Path, dict]], **given: Any) -> 
     return out
 
 
+#: Which stage is trained on which one's outputs, and the meta key that records the source's
+#: ``models.weights_id``: the global stage (sparse or W) on the local stage's tokens, the U-Net on
+#: the sparse global stage's depth maps.
+TRAINED_ON = {"global": ("local", "local_weights_id"), "global_w": ("local", "local_weights_id"),
+              "pp": ("global", "global_weights_id")}
+
+
+def pairing_notes(files: dict[str, Any], metas: dict[str, dict], ids: dict[str, str]) -> list[str]:
+    """Warnings for weights loaded beside another source than the one they were trained on.
+
+    The shipped global stage was trained to repeat its own local stage's estimates (README
+    "Training on a CPU", pass-through warm start), so other local weights feed it tokens it never
+    saw; likewise the U-Net and its global stage. Weights without the record (the authors', older
+    trainings) are not checked.
+
+    Args:
+        files: ``{stage: weight file}`` of the pipeline (``local``, ``global`` / ``global_w``, ``pp``).
+        metas: ``{stage: meta}`` of those files.
+        ids: ``{stage: models.weights_id}`` of the loaded sources (``local``; ``global`` with ``pp``).
+    Returns:
+        One sentence per mismatched pair (empty when every recorded source matches).
+    """
+    notes = []
+    for stage, (source, key) in TRAINED_ON.items():
+        recorded = (metas.get(stage) or {}).get(key)
+        if stage not in files or source not in ids or not recorded or recorded == ids[source]:
+            continue
+        notes.append(f"warning: {files[stage]} was trained on the outputs of {source}-stage weights {recorded}, but "
+                     f"the {source} stage loaded from {files[source]} is {ids[source]}; it follows the {source} stage "
+                     f"it was trained with, and beside other weights its depth can be much worse (README 'Weights', "
+                     f"weights that belong together). Use the {source}-stage weights it was trained with, or "
+                     f"train it again on the new {source} stage's outputs.")
+    return notes
+
+
 # ============================================================================ provenance
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()

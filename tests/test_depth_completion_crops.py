@@ -21,7 +21,7 @@ for p in (REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from blurry_edges.models import GlobalStage, LocalStage, UNet, load_weights, save_weights   # noqa: E402
+from blurry_edges.models import GlobalStage, LocalStage, UNet, load_weights, save_weights, weights_id   # noqa: E402
 from blurry_edges.patches import CropLayout, PatchGrid                                   # noqa: E402
 
 R, S, SIZE, T = 11, 2, 41, 8
@@ -96,6 +96,9 @@ def test_crop_cache_is_the_window_of_the_whole_image_cache(tmp_path):
     assert crop.shape == (2, layout.size, layout.size) and info["crop_tokens"] == T
     meta = load_weights(UNet(), crop_run["weights"])
     assert meta["crop_tokens"] == T and meta["img_size"] == [SIZE, SIZE] and (meta["R"], meta["stride"]) == (R, S)
+    glob_model = GlobalStage(stride=S)
+    load_weights(glob_model, glob)
+    assert meta["global_weights_id"] == weights_id(glob_model.state_dict())   # the maps' global stage
 
     origins = np.load(data / "crop_origins_train.npy")
     compared = owned = 0

@@ -108,7 +108,7 @@ def test_crop_precalculation_equals_full_precalculation_on_the_same_patches(tmp_
 def test_global_stage_trained_on_crops_runs_on_the_full_grid_and_through_blocks(tmp_path):
     import global_data_pre_cal
     import global_training
-    from blurry_edges.models import LocalStage, load_weights, save_weights
+    from blurry_edges.models import LocalStage, load_weights, save_weights, weights_id
     from blurry_edges.pipeline import build_pipeline
     from test_training_scripts import write_train_val
 
@@ -124,15 +124,26 @@ def test_global_stage_trained_on_crops_runs_on_the_full_grid_and_through_blocks(
     assert out["finished"]
     meta = load_weights(GlobalStage(16, 16, 2), out["weights"])
     assert meta["crop_tokens"] == 6 and meta["img_size"] == [41, 41]
+    local = LocalStage(11)
+    load_weights(local, tmp_path / "local.pth")
+    assert meta["local_weights_id"] == weights_id(local.state_dict())   # the tokens' local stage, recorded
 
     pair = np.random.default_rng(0).random((2, 41, 41, 3)).astype(np.float32)
+    notes = []
     for size in (41, 21):                  # the full 16×16 grid, then blocks of the 6×6 training crop
         pipe = build_pipeline(local_weights=tmp_path / "local.pth", global_weights=out["weights"], R=11, stride=2,
-                              img_size=(size, size), margin=1, device="cpu")
+                              img_size=(size, size), margin=1, device="cpu", log=notes.append)
         layout = pipe.layout(41, 41)
         assert (layout is None) == (size == 41)
         res = pipe.run(pair)
         assert res["depth_raw"].shape == (41, 41) and torch.isfinite(res["depth_raw"]).all()
+    assert not [n for n in notes if "warning" in n]          # the weights belong together: no pairing warning
+    torch.manual_seed(1)
+    save_weights(LocalStage(11), tmp_path / "other_local.pth")
+    build_pipeline(local_weights=tmp_path / "other_local.pth", global_weights=out["weights"], R=11, stride=2,
+                   img_size=(41, 41), device="cpu", log=notes.append)
+    warned = [n for n in notes if n.startswith("warning")]
+    assert len(warned) == 1 and "other_local.pth" in warned[0] and meta["local_weights_id"] in warned[0]
 
 
 # ----------------------------------------------------------------------------- schedules

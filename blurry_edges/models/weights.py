@@ -23,7 +23,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_DIR", "WEIGHT_FILES", "load_weights", "save_weights"]
+__all__ = ["WEIGHT_DIR", "WEIGHT_FILES", "load_weights", "save_weights", "weights_id"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -226,6 +226,31 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+def weights_id(state: Mapping[str, torch.Tensor]) -> str:
+    """Content identity of a network's weights, the same for a float32 training file and its float16
+    release (:func:`save_weights` with ``half=True``): SHA-256 over the sorted tensor names and the
+    bytes of each tensor, floating ones rounded to float16 first. Recorded by the stage trained on
+    another's outputs (the global stage on the local stage's tokens, the U-Net on the global stage's
+    maps) and compared when they are loaded together.
+
+    Args:
+        state: a state dict (``model.state_dict()``; any device, dtype or memory format).
+    Returns:
+        ``"w16:"`` followed by 16 hexadecimal digits.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        h.update(key.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.contiguous().numpy().tobytes())
+    return "w16:" + h.hexdigest()[:16]
+
 
 def save_weights(
     model: nn.Module, path: PathLike, meta: dict[str, Any] | None = None, half: bool = False

@@ -149,10 +149,14 @@ class GlobalTask(Task):
     training and to the noisy pair in validation. LR policy: ReduceLROnPlateau(min, factor 0.975,
     patience 5, min_lr 0.5·lr) stepped only from epoch ``dynamic_epoch[1]`` on; the log shows the
     patience and learning rate of the epoch just trained (the authors log before stepping).
+    ``local_weights_id``: :func:`~blurry_edges.models.weights_id` of the local stage that made the
+    tokens (``global_data_pre_cal.py`` records it), kept in the weights' meta so that loading them
+    beside other local weights says so (:func:`blurry_edges.runs.pairing_notes`).
     """
 
     def __init__(self, grid, camera=None, schedule=None, variant: str = "sparse",
-                 model: Optional[nn.Module] = None, crops=None, beta_blur: float = 0.0) -> None:
+                 model: Optional[nn.Module] = None, crops=None, beta_blur: float = 0.0,
+                 local_weights_id: Optional[str] = None) -> None:
         from ..losses import GlobalLoss, GlobalSchedule
         from ..models import GlobalStage
         from ..wedges import WedgeRenderer
@@ -168,6 +172,7 @@ class GlobalTask(Task):
             self.full_grid = grid
         self.grid = grid
         self.variant = variant
+        self.local_weights_id = local_weights_id   # models.weights_id of the local stage behind the tokens
         self.name = "exp_global_stage" if variant == "sparse" else "exp_global_stage_w"
         self.weights_file = f"best_run_{self.name}.pth"
         self.model = model if model is not None else GlobalStage(grid.Hp, grid.Wp, grid.stride)
@@ -232,6 +237,8 @@ class GlobalTask(Task):
             meta["crop_tokens"] = self.crops.tokens
         if self.criterion.beta_blur > 0:        # the paper's objective keeps the paper's record
             meta["beta_blur"] = self.criterion.beta_blur
+        if self.local_weights_id:               # checked when both are loaded (runs.pairing_notes)
+            meta["local_weights_id"] = self.local_weights_id
         return meta
 
 
