@@ -69,3 +69,13 @@ def test_release_curves_figure(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:                     # no label
         main(["curves", str(tmp_path / "x.png"), str(logs / "loss_curve_exp_local_stage")])
     assert e.value.code == 2 and "LABEL=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((SHIPPED / "candidates").glob("*.pth")), ids=lambda p: p.name)
+def test_candidate_weights_load_strictly_and_carry_their_recipe(path):
+    """Weights kept between sessions before they ship (pretrained_weights/TRAINING.md) are release files too."""
+    meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    model = {"local": lambda: LocalStage(int(meta["R"])), "global": lambda: GlobalStage(stride=int(meta["stride"]))}
+    load_weights(model[meta["stage"]](), path)
+    missing = [k for k in META_KEYS if meta.get(k) is None]
+    assert not missing, f"{path.name} lacks {missing} in its meta"
