@@ -633,10 +633,9 @@ def build_pipeline(*, model_path: str | Path = "pretrained_weights", densify: Op
     unet = None
     if mode == "pp":
         unet = UNet()
-        load_weights(unet, files["pp"], map_location="cpu", what="depth-completion U-Net")
+        metas["pp"] = (files["pp"], load_weights(unet, files["pp"], map_location="cpu", what="depth-completion U-Net"))
     ids = {"local": weights_id(local.state_dict())}
     if mode == "pp":
-        metas["pp"] = (files["pp"], weights_meta(files["pp"]))
         ids["global"] = weights_id(glob.state_dict())
     for note in pairing_notes(files, {k: m for k, (_, m) in metas.items()}, ids):
         if log is not None:
