@@ -73,6 +73,9 @@ def get_args(argv=None) -> argparse.Namespace:
                         "many steps (mean squared error on its raw output, no rendering), then train as usual; with "
                         "--epoch_num 0 the warm start alone is the training and is saved as the best weights "
                         "(README: Training on a CPU)")
+    p.add_argument("--pass_through_eta_weight", type=float, default=1.0,
+                   help="weight of the four η outputs (the depth, Eq. 7) in the pass-through loss; 1 = the plain "
+                        "mean over all twelve outputs")
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these global-stage weights (e.g. the sparse ones, to fine-tune the W variant)")
     add_runtime_args(p, seed=1898, deterministic=True)
@@ -128,6 +131,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
         if args.pass_through_steps < 0:
             raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
+        if not args.pass_through_eta_weight > 0:
+            raise SystemExit(f"--pass_through_eta_weight {args.pass_through_eta_weight}: must be > 0")
         if args.epoch_num < 0 or (args.epoch_num == 0 and not args.pass_through_steps):
             raise SystemExit(f"--epoch_num {args.epoch_num}: must be ≥ 1, or 0 with --pass_through_steps N "
                              "(the warm start alone, README 'Training on a CPU')")
@@ -141,12 +146,14 @@ def main(argv=None) -> dict:
             t_warm = time.time()
             losses = pass_through_warm_start(model, train_set, args.pass_through_steps,
                                              batch_size=max(1, args.batch_size // ctx.world_size),
-                                             seed=args.seed + ctx.rank, log=print if ctx.is_main else (lambda *a, **k: None))
+                                             seed=args.seed + ctx.rank, eta_weight=args.pass_through_eta_weight,
+                                             log=print if ctx.is_main else (lambda *a, **k: None))
             if ctx.is_main:                      # the warm start alone, for comparison with what follows
                 from blurry_edges.models import save_weights
                 from blurry_edges.runs import git_commit
                 warm_file = Path(args.model_path) / "pass_through_start.pth"
                 save_weights(model, warm_file, meta={**task.meta(), "what": "pass-through warm start only", "steps": args.pass_through_steps,
+                                                     "eta_weight": args.pass_through_eta_weight,
                                                      "batch_size": args.batch_size, "final_loss": losses[-1],
                                                      "commit": git_commit(short=True)})
                 print(f"pass-through warm start: weights saved to {warm_file}")

@@ -221,6 +221,50 @@ def test_pass_through_targets_decode_to_the_local_estimates():
     assert torch.allclose(eta[:, 1], want2)                                           # image 2, paired
 
 
+def test_pass_through_targets_clamp_saturated_eta_logits():
+    """η logits beyond erf's saturation all decode to the same η: the targets stop at ETA_LOGIT_RANGE,
+    so that a local stage's −7 (seen in practice) does not dominate the squared error."""
+    from blurry_edges.train.recipe import ETA_LOGIT_RANGE, pass_through_targets
+    from blurry_edges.wedges import eta_from_logit
+
+    t = torch.zeros(3, 38)
+    t[:, 8:10] = torch.tensor([[-7.5, 0.2], [4.0, -0.3], [0.1, 0.0]])      # tokens carry e − 0.5
+    t[:, 27:29] = torch.tensor([[0.0, -9.0], [0.3, 6.0], [-0.1, 0.4]])
+    out = pass_through_targets(t)
+    lo, hi = ETA_LOGIT_RANGE
+    assert out[0, 8] == lo - 0.5 and out[1, 8] == hi - 0.5 and out[0, 11] == lo - 0.5 and out[1, 11] == hi - 0.5
+    assert torch.equal(out[2, 8:12], t[2, [8, 9, 27, 28]])                   # in range: unchanged
+    assert torch.equal(out[0, 9:11], t[0, [9, 27]])
+    # what the clamp drops is invisible after decoding (η within 0.2 % of its saturated value)
+    assert torch.allclose(eta_from_logit(torch.tensor([lo, hi])), eta_from_logit(torch.tensor([-7.0, 4.5])), rtol=3e-3)
+
+
+def test_pass_through_eta_weight_scales_the_eta_outputs():
+    from blurry_edges.train.recipe import pass_through_warm_start
+
+    class Probe(torch.nn.Module):                     # output = bias: the loss is a known function of it
+        def __init__(self):
+            super().__init__()
+            self.b = torch.nn.Parameter(torch.zeros(12))
+
+        def forward(self, tokens, origin=None):
+            return self.b.expand(*tokens.shape[:-1], 12)
+
+    data = [(torch.zeros(2, 4, 19),)] * 3
+    with torch.no_grad():
+        probe = Probe()
+        probe.b[0], probe.b[8] = 1.0, 1.0                 # error 1 on one geometry and one η output
+    first = {}
+    for w in (1.0, 3.0):
+        m = Probe()
+        m.load_state_dict(probe.state_dict())
+        first[w] = pass_through_warm_start(m, data, 1, batch_size=1, lr=0.0, eta_weight=w, log=lambda *a: None)[0]
+    assert first[1.0] == pytest.approx(2 / 12)
+    assert first[3.0] == pytest.approx((1 + 3) / 12 * 12 / (8 + 4 * 3))
+    with pytest.raises(ValueError, match="eta_weight"):
+        pass_through_warm_start(Probe(), data, 1, eta_weight=0.0, log=lambda *a: None)
+
+
 def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
     import global_data_pre_cal
     import global_training
@@ -248,6 +292,9 @@ def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
     assert out["finished"]
     with pytest.raises(SystemExit, match="pass_through_steps"):
         global_training.main(["--data_path", str(data), "--pass_through_steps", "-1"] + _common(tmp_path / "c"))
+    with pytest.raises(SystemExit, match="pass_through_eta_weight"):
+        global_training.main(["--data_path", str(data), "--pass_through_steps", "2", "--pass_through_eta_weight", "0"]
+                             + _common(tmp_path / "c"))
 
     # --epoch_num 0: the warm start alone is the training; its weights are the run's best weights,
     # validated with the objective's final weights, and they repeat the input as the warm start left it

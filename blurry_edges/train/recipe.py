@@ -22,6 +22,10 @@ def cosine_lr_factor(step: int, total: int, warmup_frac: float = 0.02, min_frac:
     return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+ETA_LOGIT_RANGE = (-2.5, 2.5)
+"""Smoothness logits ``e`` over which ``η = 10^(2·erf(e) − 2)`` varies (erf(±2.5) = ±0.9996)."""
+
+
 def pass_through_targets(tokens: "torch.Tensor") -> "torch.Tensor":
     """The global-stage output that would repeat the local stage's estimates: ``[..., 38]`` tokens →
     ``[..., 12]`` raw outputs (README "Training on a CPU", pass-through warm start).
@@ -30,6 +34,11 @@ def pass_through_targets(tokens: "torch.Tensor") -> "torch.Tensor":
     raw η, the tokens carry ``e − 0.5``). The local stage runs on each image alone, so its wedge 1 in
     image 2 may be wedge 2 in image 1: image 2's η are swapped where its vertices lie nearer to image
     1's swapped than unswapped.
+
+    The η logits are clamped to :data:`ETA_LOGIT_RANGE`, where ``η = 10^(2·erf(e) − 2)`` still
+    changes: beyond it every logit decodes to the same η (1e-4 or 1 to within 0.2 %), yet a local
+    stage may emit logits of ±7 there (the stage-10 local stage did for 0.8 % of its wedges), and
+    their squared error would outweigh all the depth-bearing η of a batch.
     """
     import torch
 
@@ -38,13 +47,16 @@ def pass_through_targets(tokens: "torch.Tensor") -> "torch.Tensor":
     straight = (v1 - v2).norm(dim=-1).sum(-1)
     crossed = (v1 - v2.flip(-2)).norm(dim=-1).sum(-1)
     e2 = torch.where((crossed < straight)[..., None], t2[..., 8:10].flip(-1), t2[..., 8:10])
-    return torch.cat([t1[..., 0:4], t1[..., 4:8], t1[..., 8:10], e2], dim=-1)
+    lo, hi = ETA_LOGIT_RANGE
+    eta = torch.cat([t1[..., 8:10], e2], dim=-1).clamp(lo - 0.5, hi - 0.5)     # raw outputs carry e − 0.5
+    return torch.cat([t1[..., 0:4], t1[..., 4:8], eta], dim=-1)
 
 
 def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, batch_size: int = 8,
-                            lr: float = 1e-3, seed: int = 0, log=print) -> list[float]:
+                            lr: float = 1e-3, seed: int = 0, eta_weight: float = 1.0, log=print) -> list[float]:
     """Teach the global stage to repeat its input before the real objective starts: ``steps`` AdamW
-    steps of the mean squared error between its raw output and :func:`pass_through_targets`.
+    steps of the mean squared error between its raw output and :func:`pass_through_targets`, the
+    four η outputs (the only ones that carry depth, Eq. 7) weighted by ``eta_weight``.
 
     No rendering: a step costs a forward and backward pass of the encoder only. Returns the loss of
     every step (the mean over processes). ``dataset`` items start with the ``[2, P, 19]`` tokens and,
@@ -64,7 +76,12 @@ def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, ba
     if world > 1:
         for prm in model.parameters():
             dist.broadcast(prm.data, 0)
+    if not eta_weight > 0:
+        raise ValueError(f"eta_weight {eta_weight}: must be > 0 (1 weighs the η outputs like the geometry)")
     g = torch.Generator().manual_seed(seed)
+    weight = torch.ones(12)
+    weight[8:12] = eta_weight
+    weight *= 12 / weight.sum()                                          # eta_weight 1: the plain mean
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     losses = []
@@ -75,7 +92,7 @@ def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, ba
         last = items[0][-1]
         origin = torch.stack([it[-1] for it in items]) if last.dim() == 1 and last.numel() == 2 else None
         tokens = torch.cat([params[:, 0], params[:, 1]], dim=-1)             # [B, P, 38]
-        loss = (model(tokens, origin) - pass_through_targets(tokens)).square().mean()
+        loss = ((model(tokens, origin) - pass_through_targets(tokens)).square() * weight).mean()
         opt.zero_grad()
         loss.backward()
         if world > 1:
