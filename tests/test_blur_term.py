@@ -239,7 +239,7 @@ def test_pass_through_targets_clamp_saturated_eta_logits():
     assert torch.allclose(eta_from_logit(torch.tensor([lo, hi])), eta_from_logit(torch.tensor([-7.0, 4.5])), rtol=3e-3)
 
 
-def test_pass_through_eta_weight_scales_the_eta_outputs():
+def test_pass_through_loss_weights_and_robustness():
     from blurry_edges.train.recipe import pass_through_warm_start
 
     class Probe(torch.nn.Module):                     # output = bias: the loss is a known function of it
@@ -259,8 +259,12 @@ def test_pass_through_eta_weight_scales_the_eta_outputs():
         m = Probe()
         m.load_state_dict(probe.state_dict())
         first[w] = pass_through_warm_start(m, data, 1, batch_size=1, lr=0.0, eta_weight=w, log=lambda *a: None)[0]
-    assert first[1.0] == pytest.approx(2 / 12)
-    assert first[3.0] == pytest.approx((1 + 3) / 12 * 12 / (8 + 4 * 3))
+    assert first[1.0] == pytest.approx(0.5 * 2 / 12)                      # Huber: half the squared error of 1
+    assert first[3.0] == pytest.approx(0.5 * (1 + 3) / 12 * 12 / (8 + 4 * 3))
+    with torch.no_grad():
+        probe.b[0] = 11.0                                  # far outside the threshold: linear, not squared
+    far = pass_through_warm_start(probe, data, 1, batch_size=1, lr=0.0, log=lambda *a: None)[0]
+    assert far == pytest.approx((10.5 + 0.5) / 12)
     with pytest.raises(ValueError, match="eta_weight"):
         pass_through_warm_start(Probe(), data, 1, eta_weight=0.0, log=lambda *a: None)
 
