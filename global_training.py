@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,10 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pass_through_eta_weight", type=float, default=1.0,
                    help="weight of the four η outputs (the depth, Eq. 7) in the pass-through loss; 1 = the plain "
                         "mean over all twelve outputs")
+    p.add_argument("--token_xy_bound", type=float, default=None,
+                   help="ours: clamp the input tokens' vertex coordinates (xy/3) to ±B, for local stages that place "
+                        "vertices far outside their patches; recorded in the weights (README: Training on a CPU). "
+                        "Default: off (the paper), or what --init_from's weights record")
     p.add_argument("--init_from", type=str, default=None,
                    help="start from these global-stage weights (e.g. the sparse ones, to fine-tune the W variant)")
     add_runtime_args(p, seed=1898, deterministic=True)
@@ -127,6 +132,10 @@ def main(argv=None) -> dict:
         if args.init_from:
             meta = load_weights(model, args.init_from, what="global stage")
             settings_from_weights({"weights": (args.init_from, meta)}, R=args.R, stride=args.stride)
+        if args.token_xy_bound is not None:
+            if not (args.token_xy_bound > 0 and math.isfinite(args.token_xy_bound)):
+                raise SystemExit(f"--token_xy_bound {args.token_xy_bound}: must be a positive number")
+            model.token_xy_bound = args.token_xy_bound
         if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
         if args.pass_through_steps < 0:

@@ -36,6 +36,11 @@ TWO_PI = 2.0 * math.pi
 
 
 # ----------------------------------------------------------------------------- parameter codecs
+ETA_LOGIT_RANGE = (-2.5, 2.5)
+"""Smoothness logits ``e`` over which ``η = eta_from_logit(e)`` varies: erf(±2.5) = ±0.9996, so any
+logit beyond decodes to the same η (1e-4 or 1) to within 0.2 %."""
+
+
 def eta_from_logit(e: torch.Tensor) -> torch.Tensor:
     """Smoothness from a network output: ``η = 10^(2·erf(e) − 2)`` ∈ (1e-4, 1) (erf saturates at ±1)."""
     return torch.pow(10.0, 2.0 * torch.erf(e) - 2.0)

@@ -224,7 +224,8 @@ def test_pass_through_targets_decode_to_the_local_estimates():
 def test_pass_through_targets_clamp_saturated_eta_logits():
     """η logits beyond erf's saturation all decode to the same η: the targets stop at ETA_LOGIT_RANGE,
     so that a local stage's −7 (seen in practice) does not dominate the squared error."""
-    from blurry_edges.train.recipe import ETA_LOGIT_RANGE, pass_through_targets
+    from blurry_edges.train.recipe import pass_through_targets
+    from blurry_edges.wedges import ETA_LOGIT_RANGE
     from blurry_edges.wedges import eta_from_logit
 
     t = torch.zeros(3, 38)
@@ -311,6 +312,19 @@ def test_pass_through_warm_start_learns_to_repeat_its_input(tmp_path):
     assert meta["what"] == "pass-through warm start only" and math.isfinite(meta["val_loss"])
     assert meta["val_loss"] == pytest.approx(only["best_loss"])
     assert all(torch.equal(a, b) for a, b in zip(warm.state_dict().values(), best.state_dict().values()))
+    # --token_xy_bound: recorded in the weights, set again when they are loaded; the pass-through targets are
+    # the clamped tokens the network sees
+    bound = global_training.main(["--data_path", str(data), "--epoch_num", "0", "--batch_size", "2",
+                                  "--pass_through_steps", "2", "--token_xy_bound", "0.05"] + _common(tmp_path / "f"))
+    meta = load_weights(best, bound["weights"])
+    assert meta["token_xy_bound"] == 0.05 and best.token_xy_bound == 0.05
+    tokens = torch.cat([ds[0][0][0], ds[0][0][1]], -1)[None]
+    assert pass_through_targets(best.bound_tokens(tokens))[..., :4].abs().max() <= 0.05
+    load_weights(best, only["weights"])
+    assert best.token_xy_bound is None
+    with pytest.raises(SystemExit, match="token_xy_bound"):
+        global_training.main(["--data_path", str(data), "--epoch_num", "0", "--pass_through_steps", "2",
+                              "--token_xy_bound", "-1"] + _common(tmp_path / "g"))
     for bad in (["--epoch_num", "0"], ["--epoch_num", "0", "--pass_through_steps", "2", "--resume"]):
         with pytest.raises(SystemExit, match="epoch_num 0"):
             global_training.main(["--data_path", str(data), "--batch_size", "2"] + bad + _common(tmp_path / "e"))

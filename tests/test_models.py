@@ -353,3 +353,44 @@ def test_half_overflow_is_refused(tmp_path):
         model.generator.bias[0] = 1e6
     with pytest.raises(ValueError, match="generator.bias"):
         save_weights(model, tmp_path / "x.pth", half=True)
+
+
+def test_global_stage_token_xy_bound_clamps_vertices_and_travels_with_the_weights(tmp_path):
+    """Ours (README "Training on a CPU"): far vertices are clamped before the projection, only
+    there, and the setting belongs to the weights: saved in their meta, set again when loading,
+    off for files without it (the authors' raw state dicts)."""
+    from blurry_edges.models import GlobalStage, load_weights, save_weights
+    from blurry_edges.wedges import ETA_LOGIT_RANGE
+
+    torch.manual_seed(0)
+    m = GlobalStage(2, 2, 2, num_layers=1)
+    m.eval()
+    tok = torch.rand(1, 4, 38) * 2 - 1
+    far = tok.clone()
+    far[0, 1, 0], far[0, 2, 21] = 40.0, -25.0                          # vertices far outside the patch
+    far[0, 3, 9], far[0, 0, 27] = -80.0, 6.0                             # η logits far beyond erf's saturation
+    assert m.bound_tokens(far) is far                                   # off by default: the paper's model
+    m.token_xy_bound = 1.5
+    bounded = m.bound_tokens(far)
+    lo, hi = ETA_LOGIT_RANGE
+    assert bounded[0, 1, 0] == 1.5 and bounded[0, 2, 21] == -1.5
+    assert bounded[0, 3, 9] == lo - 0.5 and bounded[0, 0, 27] == hi - 0.5    # tokens carry e − 0.5
+    keep = torch.ones(38, dtype=torch.bool)
+    keep[[0, 21, 9, 27]] = False
+    assert torch.equal(bounded[..., keep], far[..., keep])              # angles, colors, the rest untouched
+    assert torch.equal(bounded[0, 0, [0, 21, 9]], far[0, 0, [0, 21, 9]])
+    clipped = far.clone()
+    clipped[0, 1, 0], clipped[0, 2, 21], clipped[0, 3, 9], clipped[0, 0, 27] = 1.5, -1.5, lo - 0.5, hi - 0.5
+    with torch.no_grad():
+        assert torch.equal(m(far), m(clipped))                          # the network sees the clamped tokens
+        assert torch.equal(m(tok), m(tok.clone()))
+
+    save_weights(m, tmp_path / "b.pth", meta={"token_xy_bound": m.token_xy_bound})
+    fresh = GlobalStage(2, 2, 2, num_layers=1)
+    assert load_weights(fresh, tmp_path / "b.pth")["token_xy_bound"] == 1.5 and fresh.token_xy_bound == 1.5
+    torch.save(m.state_dict(), tmp_path / "raw.pth")                      # an authors'-style file: no meta
+    load_weights(fresh, tmp_path / "raw.pth")
+    assert fresh.token_xy_bound is None
+    for bad in (0.0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="token_xy_bound"):
+            fresh.token_xy_bound = bad

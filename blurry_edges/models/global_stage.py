@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from ..wedges import ETA_LOGIT_RANGE
+
 
 __all__ = ["GlobalStage", "positional_encoding_2d", "positional_encoding_at"]
 
@@ -89,6 +91,10 @@ class GlobalStage(nn.Module):
         stride: patch stride in pixels; the positional encoding uses offsets ``index · stride``.
         in_features, out_features, d_model, nhead, num_layers, dim_feedforward, dropout: the
             Transformer's sizes (the paper's values by default).
+        token_xy_bound: ours, not the paper's (``None``, the default, as in the paper): clamp the
+            vertex coordinates of the input tokens to ``±token_xy_bound`` (see :meth:`bound_tokens`).
+            Weights trained with it record it in their meta, and
+            :func:`~blurry_edges.models.load_weights` sets it from there.
 
     Shapes: ``[B, rows·cols, in_features]`` → ``[B, rows·cols, out_features]``, tokens row-major.
     """
@@ -105,9 +111,11 @@ class GlobalStage(nn.Module):
         num_layers: int = 8,
         dim_feedforward: int = 256,
         dropout: float = 0.1,
+        token_xy_bound: float | None = None,
     ) -> None:
         super().__init__()
         self.stride = int(stride)
+        self.token_xy_bound = token_xy_bound
         self.d_model = d_model
         self.in_src_projection = nn.Linear(in_features, d_model)
         layer = nn.TransformerEncoderLayer(
@@ -150,6 +158,38 @@ class GlobalStage(nn.Module):
             layer.self_attn.dropout = float(p)
 
     @property
+    def token_xy_bound(self) -> float | None:
+        return self._token_xy_bound
+
+    @token_xy_bound.setter
+    def token_xy_bound(self, bound: float | None) -> None:
+        if bound is not None and not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
+            raise ValueError(f"token_xy_bound must be a positive number or None, got {bound!r}")
+        self._token_xy_bound = None if bound is None else float(bound)
+
+    def bound_tokens(self, src: torch.Tensor) -> torch.Tensor:
+        """``[..., 38]`` tokens with both images' vertex coordinates (``xy/3``, features 0–3 and
+        19–22) clamped to ``±token_xy_bound`` and their η logits (``e − 0.5``, features 8–9 and
+        27–28) to ``wedges.ETA_LOGIT_RANGE``, beyond which every logit decodes to the same η; the
+        tokens themselves when ``token_xy_bound`` is ``None``.
+
+        Ours (README "Training on a CPU"): a local stage trained from scratch places the vertex of
+        1–4 % of its patches far outside them (``xy/3`` up to ~40, a boundary that crosses the patch
+        as a nearly straight line) and emits η logits down to −80. Such tokens reach the
+        Transformer hundreds of times larger than the rest and the global stage passed on almost
+        nothing of the other patches' η (stage 10, ``pretrained_weights/TRAINING.md``).
+        """
+        if self._token_xy_bound is None:
+            return src
+        b = self._token_xy_bound
+        lo, hi = ETA_LOGIT_RANGE
+        half = src.shape[-1] // 2
+        parts = []
+        for img in (src[..., :half], src[..., half:]):
+            parts += [img[..., 0:4].clamp(-b, b), img[..., 4:8], img[..., 8:10].clamp(lo - 0.5, hi - 0.5), img[..., 10:]]
+        return torch.cat(parts, dim=-1)
+
+    @property
     def attention_dropout(self) -> float:
         return float(self.encoder.layers[0].self_attn.dropout)
 
@@ -187,6 +227,6 @@ class GlobalStage(nn.Module):
                 raise ValueError(f"origin must be [B, 2] = [{src.shape[0]}, 2], got {list(origin.shape)}")
             pos = positional_encoding_at(origin.to(src.device), self.rows, self.cols, self.d_model,
                                          self.stride).to(self.pos_encoding.dtype)
-        hidden = self.encoder(self.in_src_projection(src) + pos)
+        hidden = self.encoder(self.in_src_projection(self.bound_tokens(src)) + pos)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return self.generator(hidden.float())

@@ -41,6 +41,8 @@ WEIGHT_FILES: dict[str, str] = {
 
 # Model attributes that change what the weights mean; checked against a checkpoint's "meta".
 _CHECKED_META = ("R", "stride")
+# Settings that belong to the weights: the model takes them from the file's meta (absent: None).
+_ADOPTED_META = ("token_xy_bound",)
 # Prefixes added by wrappers (DistributedDataParallel, torch.compile); stripped when loading.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # A parameter that identifies which network a state dict belongs to.
@@ -129,7 +131,8 @@ def load_weights(
         what: a human name for the model used in messages (e.g. ``"local stage"``).
 
     Returns:
-        The checkpoint's ``meta`` dict (empty for a raw state dict).
+        The checkpoint's ``meta`` dict (empty for a raw state dict). Settings that belong to the
+        weights (``token_xy_bound`` of a global stage) are set on ``model`` from it.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says where weights belong).
@@ -185,6 +188,9 @@ def load_weights(
         for k, v in state.items()
     }
     model.load_state_dict(state, strict=True)
+    for attr in _ADOPTED_META:
+        if hasattr(model, attr):
+            setattr(model, attr, meta.get(attr))
     return meta
 
 

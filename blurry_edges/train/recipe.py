@@ -25,10 +25,6 @@ def cosine_lr_factor(step: int, total: int, warmup_frac: float = 0.02, min_frac:
 PASS_THROUGH_HUBER_DELTA = 1.0
 """Error of a raw output above which the pass-through loss grows linearly, not quadratically."""
 
-ETA_LOGIT_RANGE = (-2.5, 2.5)
-"""Smoothness logits ``e`` over which ``η = 10^(2·erf(e) − 2)`` varies (erf(±2.5) = ±0.9996)."""
-
-
 def pass_through_targets(tokens: "torch.Tensor") -> "torch.Tensor":
     """The global-stage output that would repeat the local stage's estimates: ``[..., 38]`` tokens →
     ``[..., 12]`` raw outputs (README "Training on a CPU", pass-through warm start).
@@ -38,12 +34,14 @@ def pass_through_targets(tokens: "torch.Tensor") -> "torch.Tensor":
     image 2 may be wedge 2 in image 1: image 2's η are swapped where its vertices lie nearer to image
     1's swapped than unswapped.
 
-    The η logits are clamped to :data:`ETA_LOGIT_RANGE`, where ``η = 10^(2·erf(e) − 2)`` still
+    The η logits are clamped to ``wedges.ETA_LOGIT_RANGE``, where ``η = 10^(2·erf(e) − 2)`` still
     changes: beyond it every logit decodes to the same η (1e-4 or 1 to within 0.2 %), yet a local
-    stage may emit logits of ±7 there (the stage-10 local stage did for 0.8 % of its wedges), and
-    their squared error would outweigh all the depth-bearing η of a batch.
+    stage may emit logits of −7 there (the stage-10 local stage did for 0.8 % of its wedges), whose
+    error would count for more than that of the depth-bearing η of a batch.
     """
     import torch
+
+    from ..wedges import ETA_LOGIT_RANGE
 
     t1, t2 = tokens[..., :19], tokens[..., 19:]
     v1, v2 = t1[..., 0:4].unflatten(-1, (2, 2)), t2[..., 0:4].unflatten(-1, (2, 2))
@@ -63,11 +61,10 @@ def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, ba
     weighted by ``eta_weight``.
 
     Huber, not the squared error: a local stage trained from scratch places the vertex of 1–4 % of
-    its patches far outside them (``|xy|`` up to ~140 patch radii, where the boundary in the patch
-    is nearly a straight line), and the squared error of those few outputs outweighed the other
-    96 % of the patches: the global stage learned them and passed on little of the η in between.
-    Below the threshold the loss is half the squared error, so inputs without such outliers
-    train as before.
+    its patches far outside them (``xy/3`` up to ~40), and the squared error of those few outputs
+    would pull harder than all other patches together; below the threshold the loss is half the
+    squared error, so tokens without such outliers train as before. (On its own this did not make
+    the stage-10 tokens trainable: see ``GlobalStage.token_xy_bound``.)
 
     No rendering: a step costs a forward and backward pass of the encoder only. Returns the loss of
     every step (the mean over processes). ``dataset`` items start with the ``[2, P, 19]`` tokens and,
@@ -103,6 +100,8 @@ def pass_through_warm_start(model: "torch.nn.Module", dataset, steps: int, *, ba
         last = items[0][-1]
         origin = torch.stack([it[-1] for it in items]) if last.dim() == 1 and last.numel() == 2 else None
         tokens = torch.cat([params[:, 0], params[:, 1]], dim=-1)             # [B, P, 38]
+        if hasattr(model, "bound_tokens"):           # repeat what the network sees (GlobalStage.token_xy_bound)
+            tokens = model.bound_tokens(tokens)
         err = torch.nn.functional.huber_loss(model(tokens, origin), pass_through_targets(tokens), reduction="none",
                                             delta=PASS_THROUGH_HUBER_DELTA)
         loss = (err * weight).mean()

@@ -239,6 +239,8 @@ class GlobalTask(Task):
             meta["beta_blur"] = self.criterion.beta_blur
         if self.local_weights_id:               # checked when both are loaded (runs.pairing_notes)
             meta["local_weights_id"] = self.local_weights_id
+        if getattr(self.model, "token_xy_bound", None) is not None:     # load_weights sets it back
+            meta["token_xy_bound"] = self.model.token_xy_bound
         return meta
 
 
