@@ -138,6 +138,9 @@ def main(argv=None) -> dict:
             model.token_xy_bound = args.token_xy_bound
         if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
+        if args.restart_from and (args.init_from or args.pass_through_steps):
+            raise SystemExit("--restart_from gives the starting weights (and the optimizer's moments); drop "
+                             + ("--init_from" if args.init_from else "--pass_through_steps"))
         if args.pass_through_steps < 0:
             raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
         if not args.pass_through_eta_weight > 0:

@@ -61,6 +61,9 @@ def main(argv=None) -> dict:
         set_seed(args.seed, args.deterministic)
         if args.beta_blur < 0:
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0")
+        if args.init_from and args.restart_from:
+            raise SystemExit("--init_from and --restart_from both give the starting weights; pass one (--restart_from "
+                             "also keeps the optimizer's moments)")
         with_blur = args.beta_blur > 0
         train_set = LocalPatchDataset(args.data_path, "train", with_blur=with_blur)
         val_set = LocalPatchDataset(args.data_path, "val", with_blur=with_blur)

@@ -53,6 +53,10 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministi
     g.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --checkpoint_dir (starts fresh if there is none); "
                         "a checkpoint of another run (data, R, stride, size, camera, schedule) is an error")
+    g.add_argument("--restart_from", type=str, default=None,
+                   help="warm restart: start this run from the weights and AdamW moments of a training checkpoint "
+                        "(<checkpoint_dir>/<name>_last.pt, e.g. of a finished run) with this run's learning rate, "
+                        "epochs and schedule; give the new run its own --model_path (README: Training on a CPU)")
     g.add_argument("--max_minutes", type=float, default=None,
                    help="stop cleanly after the last epoch that fits in this many minutes (then --resume)")
     add_bf16_argument(g, default="auto",
@@ -141,7 +145,8 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, max_minutes=args.max_minutes,
                       bf16=resolve_bf16(args.bf16, parse_device(args.cuda)), num_workers=args.num_workers,
                       args=plain(args), progress=args.progress, lr_schedule=getattr(args, "lr_schedule", "plateau"),
-                      freeze_batchnorm=getattr(args, "freeze_batchnorm", False))
+                      freeze_batchnorm=getattr(args, "freeze_batchnorm", False),
+                      restart_from=getattr(args, "restart_from", None))
 
 
 

@@ -256,6 +256,53 @@ def test_local_fit_and_lr_policy(tmp_path):
         load_weights(LocalStage(21), tmp_path / "weights" / "best_run_exp_local_stage.pth")
 
 
+def test_restart_from_carries_weights_and_moments_then_resumes(tmp_path):
+    """--restart_from: a new run starts from a finished run's weights and AdamW moments (step counts go
+    on) with its own learning rate; stopped early, it resumes from its own checkpoint, not the source."""
+    def run(sub, **kw):
+        set_seed(1869)
+        task = LocalTask(11, schedule=LocalSchedule(dynamic_epoch=1))
+        cfg = _cfg(tmp_path / sub, batch_size=4, **kw)
+        return task, fit(task, make_patches(8, seed=3), make_patches(4, seed=4), cfg, DistContext(torch.device("cpu")))
+
+    run("a", epochs=1)
+    src = tmp_path / "a" / "ckpt" / "exp_local_stage_last.pt"
+    a = torch.load(src, weights_only=True)
+    steps_a = [v["step"].item() for v in a["optimizer"]["state"].values()]
+    # learning rate 0: the weights stay the source's, the moments' step counts go on by this run's 2 steps
+    task, out = run("b", epochs=1, learning_rate=0.0, restart_from=str(src))
+    for name, p in task.model.named_parameters():
+        assert torch.equal(p.detach(), a["model"][name]), name
+    b = torch.load(tmp_path / "b" / "ckpt" / "exp_local_stage_last.pt", weights_only=True)
+    assert [v["step"].item() for v in b["optimizer"]["state"].values()] == [s + 2 for s in steps_a]
+    assert all(g["lr"] == 0.0 for g in b["optimizer"]["param_groups"])
+    assert len(out["loss_curve"]) == 1                           # a new run: its own epochs and curve
+
+    # stopped after its first epoch, the restarted run resumes its own checkpoint (step counts + 2 more)
+    run("c", epochs=2, restart_from=str(src), max_minutes=1e-9)
+    _, out = run("c", epochs=2, restart_from=str(src), resume=True)
+    c = torch.load(tmp_path / "c" / "ckpt" / "exp_local_stage_last.pt", weights_only=True)
+    assert out["finished"] and [v["step"].item() for v in c["optimizer"]["state"].values()] == [s + 4 for s in steps_a]
+
+
+def test_restart_from_refuses_what_it_cannot_use(tmp_path):
+    set_seed(1869)
+    cpu = DistContext(torch.device("cpu"))
+    fit(LocalTask(11, schedule=LocalSchedule(dynamic_epoch=1)), make_patches(8, seed=3), make_patches(4, seed=4),
+        _cfg(tmp_path, epochs=1, batch_size=4), cpu)
+    own = tmp_path / "ckpt" / "exp_local_stage_last.pt"
+    cases = [(own, ValueError, "own checkpoint"),                                   # would be overwritten
+             (tmp_path / "weights" / "best_run_exp_local_stage.pth", ValueError, "--init_from"),  # no moments
+             (tmp_path / "missing.pt", FileNotFoundError, "no such file")]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            fit(LocalTask(11), make_patches(8), make_patches(4),
+                _cfg(tmp_path, epochs=1, batch_size=4, restart_from=str(path)), cpu)
+    with pytest.raises(ValueError, match="R="):                                        # another network
+        fit(LocalTask(13), make_patches(8, R=13), make_patches(4, R=13),
+            _cfg(tmp_path / "r13", epochs=1, batch_size=4, restart_from=str(own)), cpu)
+
+
 # ----------------------------------------------------------------------------- bf16, devices, settings
 #: Relative tolerance of the bf16-autocast loss against float32 on one batch, for the stages where
 #: ``--bf16`` is recommended (local stage, U-Net; measured ≈ 1e-5 … 2e-4). The global stage is not

@@ -81,6 +81,13 @@ def test_three_scripts_end_to_end(tmp_path, R, stride, size):
     local_w = Path(out["weights"])
     assert out["finished"] and local_w.name == "best_run_exp_local_stage.pth"
     assert load_weights(LocalStage(R), local_w)["R"] == R
+    if R == 11:                     # a warm restart of the finished run: its own outputs, the source's moments
+        restart = ["--data_path", str(data), "--epoch_num", "1", "--batch_size", "4", "--lr_schedule", "cosine",
+                   "--restart_from", str(tmp_path / "ck" / "exp_local_stage_last.pt")]
+        with pytest.raises(SystemExit, match="--restart_from"):
+            local_training.main(restart + ["--init_from", str(local_w)] + c)
+        again = local_training.main(restart + _common(tmp_path / "restart"))
+        assert again["finished"] and load_weights(LocalStage(R), again["weights"])["args"]["restart_from"]
 
     with pytest.raises(ValueError, match="--R"):            # data made with R, weights asked for another
         global_data_pre_cal.main(["--data_path", str(data), "--local_weights", str(local_w), "--R", str(R + 2)] + c[:2])

@@ -25,7 +25,7 @@ from ..models import save_weights
 from ..runs import git_commit
 from .dist import DistContext, capture_rng, restore_rng, to_device, unwrap
 from .recipe import cosine_lr_factor
-from .records import (EpochLog, checkpoint_path, plain, read_checkpoint, save_curves_so_far,
+from .records import (EpochLog, checkpoint_path, plain, read_checkpoint, read_restart_checkpoint, save_curves_so_far,
                       save_loss_curve, write_checkpoint)
 from .tasks import Task
 
@@ -55,6 +55,7 @@ class LoopConfig:
     warmup_frac: float = 0.02           # cosine: fraction of the steps with a linear warm-up
     min_lr_frac: float = 0.05           # cosine: the learning rate ends at this fraction of the initial one
     freeze_batchnorm: bool = False      # BatchNorm layers stay in evaluation mode while training (fine-tunes)
+    restart_from: Optional[str] = None  # a training checkpoint: its weights and AdamW moments start a new run
 
 
 def _loader(dataset: Dataset, batch: int, shuffle: bool, cfg: LoopConfig, ctx: DistContext) -> tuple[DataLoader, DistributedSampler]:
@@ -102,6 +103,30 @@ def _best_meta(task: Task, cfg: LoopConfig, ctx: DistContext, *, epoch: int, val
                       train_minutes=round(seconds / 60.0, 2), commit=git_commit(short=True)))
 
 
+def _restart(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, cfg: LoopConfig,
+             ckpt_file: Path, ctx: DistContext) -> None:
+    """Start this run from the weights and the AdamW moments (running averages and step counts) of the
+    training checkpoint ``cfg.restart_from``, with this run's learning rate, weight decay, epochs and
+    schedule. Unlike a fresh optimizer (``--init_from``), whose first Adam steps move every weight by
+    about the learning rate, the kept moments continue the finished run smoothly (a warm restart of
+    the cosine schedule; README "Training on a CPU")."""
+    src = Path(cfg.restart_from)
+    if src.resolve() == ckpt_file.resolve():
+        raise ValueError(f"--restart_from {src} is this run's own checkpoint file, which the run would overwrite; "
+                         "give the new run another --checkpoint_dir (or --model_path), or use --resume to continue it")
+    ckpt = read_restart_checkpoint(src, task.name, task.meta())
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"], group["initial_lr"], group["weight_decay"] = cfg.learning_rate, cfg.learning_rate, cfg.weight_decay
+    if scheduler is not None:                          # the plateau policy starts afresh from this run's rate
+        scheduler.load_state_dict(task.make_scheduler(optimizer).state_dict())
+    if ctx.is_main:
+        print(f"warm restart from {src} (after its epoch {ckpt['epoch']}, validation loss "
+              f"{ckpt['loss_curve'][-1] if ckpt.get('loss_curve') else float('nan'):.6g}): its weights and "
+              f"AdamW moments, this run's learning rate {cfg.learning_rate:g} and schedule")
+
+
 def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: DistContext) -> dict[str, Any]:
     """Train ``task.model`` with AdamW, gradient clipping and the task's schedules.
 
@@ -144,8 +169,10 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
         resumed = True
         if ctx.is_main:
             print(f"resumed from {ckpt_file} after epoch {start_epoch} (best loss {best_loss:.6g})")
-    elif cfg.resume and ctx.is_main:
+    elif cfg.resume and ctx.is_main and not cfg.restart_from:
         print(f"--resume: no checkpoint at {ckpt_file}; starting from scratch")
+    if cfg.restart_from and not resumed:             # warm restart: weights + moments, a new schedule
+        _restart(task, model, optimizer, scheduler, cfg, ckpt_file, ctx)
 
     # ---------------------------------------------------------------- data, memory, outputs
     from ..memory import plan_for_process

@@ -177,6 +177,27 @@ def read_checkpoint(path: Path, name: str, meta: dict[str, Any], batch_size: int
     return ckpt
 
 
+def read_restart_checkpoint(path: Path, name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` of training ``name`` as the start of a *new* run (a warm
+    restart, ``--restart_from``): the model's weights and the AdamW moments carry over, so the data,
+    batch size, epochs and schedule may change; the task's settings (``meta``: R, camera …) may not.
+    An explained error when the file is missing or belongs to another training or setting."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--restart_from {path}: no such file; pass a training checkpoint "
+                                f"<checkpoint_dir>/{name}_last.pt (written after every epoch)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("name") != name:
+        raise ValueError(f"--restart_from {path} is not a checkpoint of this training ({name}); pass its "
+                         f"{name}_last.pt (weights files such as best_run_*.pth carry no optimizer state: "
+                         "start from those with --init_from)")
+    old, new = ckpt.get("meta", {}), plain(meta)
+    for key in sorted(set(old) & set(new)):
+        if old[key] != new[key]:
+            raise ValueError(f"--restart_from {path} was written with {key}={old[key]} but this run has "
+                             f"{key}={new[key]}; a restart keeps the network's settings")
+    return ckpt
+
+
 def save_curves_so_far(log_path: str | os.PathLike, name: str, curve: list[float], train_curve: list[float]) -> None:
     """The loss curves after every epoch as ``.npy`` (the figure comes at the end)."""
     Path(log_path).mkdir(parents=True, exist_ok=True)
