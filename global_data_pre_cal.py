@@ -9,6 +9,11 @@ CPU recipe (README "Training on a CPU"): ``--crop_tokens T`` pre-calculates only
 ``crop_origins_{split}.npy``), and ``--max_scenes_train/--max_scenes_val`` bound how many scenes are
 used; the global stage then trains on those crops.
 
+Resumable (README "Training on a CPU"): ``--max_minutes M`` stops cleanly once the next scene would
+end after M minutes, keeping the rows written so far in the hidden partial file; the same command
+with ``--resume`` computes only the other scenes (any number of processes) and publishes the file
+when every scene is in.
+
     python global_data_pre_cal.py [--data_path ./data/data_train_val] [--model_path ./pretrained_weights]
                                   [--local_weights PATH] [--R 21] [--stride 2] [--cuda cuda:0]
     torchrun --nproc_per_node 4 global_data_pre_cal.py ...      # scenes split over the processes
@@ -19,7 +24,9 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -57,8 +64,16 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_scenes_val", type=int, default=None, help="use only the first N validation scenes")
     p.add_argument("--seed", type=int, default=1898, help="seed of the crop origins")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--max_minutes", type=float, default=None,
+                   help="stop cleanly once the next scene would end after this many minutes, keeping the scenes "
+                        "done so far (then the same command with --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an unfinished pre-calculation of the same weights and settings (starts afresh, "
+                        "saying so, when there is none)")
     p.add_argument("--no_progress", dest="progress", action="store_false", help="hide the tqdm bars")
     args = p.parse_args(argv)
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        p.error(f"--max_minutes {args.max_minutes}: must be > 0")
     try:                                   # the outputs go next to the data: checked before any work
         check_output_dir(args.data_path, "--data_path")
     except OutputLocationError as e:
@@ -70,8 +85,25 @@ def get_args(argv=None) -> argparse.Namespace:
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1}
 
 
-def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
-    from blurry_edges.data import SceneDataset, staged_rows
+class Deadline:
+    """``--max_minutes``: a run computes at least one batch, then stops once the next one, taking as long
+    as the last, would end after ``at`` (a ``time.time()`` value)."""
+
+    def __init__(self, minutes: Optional[float]) -> None:
+        self.at = time.time() + 60.0 * minutes if minutes is not None else None
+        self.last: Optional[float] = None          # seconds of the run's last batch; None before the first
+
+    def batch_done(self, seconds: float) -> None:
+        self.last = seconds
+
+    def passed(self) -> bool:
+        return self.at is not None and self.last is not None and time.time() + self.last > self.at
+
+
+def precalculate_split(args, split: str, model, renderer, ctx, deadline: Optional[Deadline] = None) -> Optional[Path]:
+    """Pre-calculate one split; ``None`` when ``deadline`` stopped it before it was complete."""
+    from blurry_edges.data import PartialRows, SceneDataset
+    from blurry_edges.runs import sha256
 
     root = Path(args.data_path)
     ds = SceneDataset(str(root), split, with_params=False)
@@ -99,28 +131,56 @@ def precalculate_split(args, split: str, model, renderer, ctx) -> Path:
         elif crop_file.exists():
             crop_file.unlink()                     # a full-grid pre-calculation replaces an earlier crop one
 
-    with staged_rows(final, shape, np.float32, ctx, before_publish=crop_origins) as out:
-        mine = list(range(ctx.rank, n_scenes, ctx.world_size))
-        loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
-                            num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
-        what = f"{n_scenes} scenes" + (f", {args.crop_tokens}×{args.crop_tokens}-token crops" if crops else "")
-        bar = tqdm(loader, desc=f"{split} ({what})", disable=not (args.progress and ctx.is_main), dynamic_ncols=True)
-        pos = 0
-        for batch in bar:
-            noisy = batch[1].to(ctx.device, non_blocking=True)          # [n, 2, H, W, 3] (item 0: no params yet)
-            idx = mine[pos:pos + noisy.shape[0]]
-            if crops is not None:                                        # [n, 2, size, size, 3]
-                noisy = torch.stack([noisy[k][:, rows, cols] for k, (rows, cols) in
-                                     enumerate(crops.pixel_window(origins[i]) for i in idx)])
-            feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16)
-            out[idx[0]:idx[-1] + 1:ctx.world_size] = feats.cpu().numpy()
-            pos += noisy.shape[0]
+    manifest = root / "manifest.json"
+    identity = {"local_weights_id": args.local_weights_id, "R": args.R, "stride": args.stride,
+                "img_size": [full_grid.H, full_grid.W], "crop_tokens": args.crop_tokens,
+                "crop_seed": args.seed if crops is not None else None, "bf16": bool(args.bf16),
+                "camera": args.camera_params, "manifest_sha256": sha256(manifest) if manifest.is_file() else None}
+    info_file = root / f"params_src_{split}.json"
+    if args.resume and final.is_file() and info_file.is_file() and \
+            json.loads(info_file.read_text()).get("identity") == json.loads(json.dumps(identity)):
+        if ctx.is_main:
+            print(f"--resume: {final} is complete with these weights and settings; kept")
+        return final
+    if deadline is not None and deadline.passed():
+        return None                                                      # no time left to start this split
+    rows = PartialRows(final, shape, np.float32, ctx, identity, resume=args.resume)
+    mine = [i for i in range(ctx.rank, n_scenes, ctx.world_size) if not rows.done[i]]
+    loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
+                        num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
+    what = f"{n_scenes} scenes" + (f", {args.crop_tokens}×{args.crop_tokens}-token crops" if crops else "")
+    bar = tqdm(loader, desc=f"{split} ({what})", disable=not (args.progress and ctx.is_main), dynamic_ncols=True,
+               initial=int(rows.done.sum()) // ctx.world_size, total=(n_scenes + ctx.world_size - 1) // ctx.world_size)
+    pos = 0
+    for batch in bar:
+        t0 = time.time()
+        noisy = batch[1].to(ctx.device, non_blocking=True)              # [n, 2, H, W, 3] (item 0: no params yet)
+        idx = mine[pos:pos + noisy.shape[0]]
+        if crops is not None:                                            # [n, 2, size, size, 3]
+            noisy = torch.stack([noisy[k][:, r, c] for k, (r, c) in
+                                 enumerate(crops.pixel_window(origins[i]) for i in idx)])
+        feats = local_params_for_images(model, renderer, grid, noisy, chunk=args.chunk, bf16=args.bf16).cpu().numpy()
+        for k, i in enumerate(idx):
+            rows.array[i] = feats[k]
+        rows.commit(idx)
+        pos += noisy.shape[0]
+        if deadline is not None:
+            deadline.batch_done(time.time() - t0)
+            if deadline.passed() and pos < len(mine):
+                break                                                    # the next batch would end too late
+    bar.close()
+    if not rows.finish(before_publish=crop_origins):
+        if ctx.is_main:
+            print(f"--max_minutes: stopped with {split} unfinished; the same command with --resume computes the "
+                  f"rest (rows written so far are kept in {rows.tmp})")
+        return None
     if ctx.is_main:
         info = {"R": args.R, "stride": args.stride, "img_size": [full_grid.H, full_grid.W], "shape": list(shape),
                 "local_weights": str(args.local_weights), "local_weights_id": args.local_weights_id,
                 "bf16": bool(args.bf16), "num_scenes": n_scenes,
-                "crop_tokens": args.crop_tokens, "crop_seed": args.seed if crops is not None else None}
-        (root / f"params_src_{split}.json").write_text(json.dumps(info, indent=2))
+                "crop_tokens": args.crop_tokens, "crop_seed": args.seed if crops is not None else None,
+                "identity": identity}
+        info_file.write_text(json.dumps(info, indent=2))
     ctx.barrier()
     return final
 
@@ -149,14 +209,22 @@ def main(argv=None) -> list[Path]:
                   f"{'bf16 autocast' if args.bf16 else 'float32'}")
         camera = resolve_camera(args, scenes)
         renderer = WedgeRenderer(args.R, camera)
+        args.camera_params = camera.to_dict()
+        deadline = Deadline(args.max_minutes)
         written = []
         for split in args.splits:
             if ctx.is_main:
                 print(f"Processing the {split} set ...")
-            written.append(precalculate_split(args, split, model, renderer, ctx))
+            path = precalculate_split(args, split, model, renderer, ctx, deadline)
+            if path is None:
+                break
+            written.append(path)
         if ctx.is_main:
             for path in written:
                 print(f"wrote {path}")
+            if len(written) < len(args.splits):
+                print(f"stopped by --max_minutes {args.max_minutes:g} before {' and '.join(args.splits[len(written):])} "
+                      f"{'was' if len(args.splits) - len(written) == 1 else 'were'} complete: run the same command with --resume")
             print(f"settings: {plain({'R': args.R, 'stride': args.stride, 'local_weights': args.local_weights})}")
         return written
     finally:

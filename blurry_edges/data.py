@@ -480,3 +480,112 @@ def staged_rows(final: str | os.PathLike, shape: tuple[int, ...], dtype, ctx, be
         if before_publish is not None:
             before_publish()
         os.replace(tmp, final)
+
+
+class PartialRows:
+    """A ``.npy`` array that every process fills with its rows over one or more runs (resumable).
+
+    Like :func:`staged_rows` the rows go to a hidden ``.<name>.partial`` file that is renamed to
+    ``final`` only when every row is written, so an interrupted run never leaves a file that looks
+    complete. Beside it ``.<name>.partial.json`` records the array's shape, dtype and ``identity``
+    (what the rows are computed from: weights, settings …), and ``.<name>.partial.rank<r>.npy``
+    the rows each process has written and flushed (:meth:`commit`). A later run with ``resume=True``
+    and the same identity keeps the rows already written (:attr:`done`) and fills only the others,
+    with any number of processes; another identity is an error that names the difference. Without
+    ``resume`` an earlier partial file is started afresh.
+
+    Use: ``rows = PartialRows(...)``, write ``rows.array[i]``, ``rows.commit([i, …])``, then
+    ``rows.finish(before_publish)`` on every process (a barrier), which publishes when complete.
+
+    Args:
+        ctx: the run's ``train.DistContext`` (``is_main``, ``rank``, ``barrier``).
+    """
+
+    def __init__(self, final: str | os.PathLike, shape: tuple[int, ...], dtype, ctx, identity: dict,
+                 resume: bool = False) -> None:
+        self.final, self.ctx, self.shape = Path(final), ctx, tuple(int(n) for n in shape)
+        self.tmp = self.final.parent / f".{self.final.name}.partial"
+        self.record = self.final.parent / f".{self.final.name}.partial.json"
+        want = {"shape": list(self.shape), "dtype": np.dtype(dtype).str, "identity": json.loads(json.dumps(identity))}
+        if ctx.is_main:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            done = self._resumable(want) if resume else None
+            if done is None:                                # fresh: a new file, no rows written
+                for f in self._row_files():
+                    f.unlink()
+                np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=self.shape).flush()
+                self.record.write_text(json.dumps(want, indent=1))
+                done = np.zeros(self.shape[0], dtype=bool)
+            for f in self._row_files():                     # the earlier runs' records, merged into one
+                f.unlink()
+            _atomic_npy(self._merged_file(), done)
+        ctx.barrier()
+        self.done = np.load(self._merged_file()).astype(bool)           # rows written before this run
+        self.array = np.lib.format.open_memmap(self.tmp, mode="r+")
+        self._mine: list[int] = []                                      # rows this process wrote in this run
+
+    def _row_files(self) -> list[Path]:
+        return sorted(self.final.parent.glob(f".{self.final.name}.partial.rank*.npy"))
+
+    def _merged_file(self) -> Path:
+        return self.final.parent / f".{self.final.name}.partial.before.npy"
+
+    def _resumable(self, want: dict) -> "np.ndarray | None":
+        """The rows an earlier run wrote, or None (nothing to resume; said on the console)."""
+        if not (self.tmp.is_file() and self.record.is_file()):
+            print(f"--resume: no unfinished {self.final.name} here; starting it afresh")
+            return None
+        have = json.loads(self.record.read_text())
+        if have != want:
+            diffs = [f"{k}: earlier {have.get(k)!r}, now {want.get(k)!r}" for k in ("shape", "dtype") if have.get(k) != want.get(k)]
+            old, new = have.get("identity", {}), want["identity"]
+            diffs += [f"{k}: earlier {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k)]
+            raise ValueError(f"--resume: the unfinished {self.tmp} was started with other settings "
+                             f"({'; '.join(diffs)}); resume with the same ones, or start afresh without --resume")
+        done = np.zeros(self.shape[0], dtype=bool)
+        if self._merged_file().is_file():                   # rows written before the last run
+            before = np.load(self._merged_file())
+            if before.shape == done.shape:
+                done |= before.astype(bool)
+        for f in self._row_files():
+            rows = np.load(f)
+            if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+                raise ValueError(f"{f} lists rows outside 0…{self.shape[0] - 1}; start afresh without --resume")
+            done[rows] = True
+        print(f"--resume: {int(done.sum())} of {self.shape[0]} rows of {self.final.name} were written earlier; "
+              f"computing the other {self.shape[0] - int(done.sum())}")
+        return done
+
+    def commit(self, rows: "list[int]") -> None:
+        """Flush the array and record ``rows`` as written by this process."""
+        self.array.flush()
+        self._mine.extend(int(r) for r in rows)
+        _atomic_npy(self.final.parent / f".{self.final.name}.partial.rank{self.ctx.rank}.npy",
+                    np.concatenate([np.flatnonzero(self.done), np.asarray(self._mine, dtype=np.int64)]))
+
+    def finish(self, before_publish=None) -> bool:
+        """On every process: wait for all, then publish ``final`` if every row is written (True); else
+        keep the partial file and the records for a later ``resume`` (False)."""
+        self.array.flush()
+        del self.array
+        self.ctx.barrier()
+        done = self.done.copy()
+        for f in self._row_files():
+            done[np.load(f)] = True
+        complete = bool(done.all())
+        if self.ctx.is_main and complete:
+            if before_publish is not None:
+                before_publish()
+            os.replace(self.tmp, self.final)
+            for f in self._row_files() + [self._merged_file(), self.record]:
+                f.unlink(missing_ok=True)
+        self.ctx.barrier()
+        return complete
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.parent / (path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)

@@ -105,6 +105,43 @@ def test_crop_precalculation_equals_full_precalculation_on_the_same_patches(tmp_
     assert torch.equal(deri, ref[4][:, r0:r0 + 19, c0:c0 + 19])
 
 
+def test_precalculation_stopped_and_resumed_equals_one_run(tmp_path, capsys):
+    """--max_minutes stops the pre-calculation after the scenes that fit and publishes nothing; the same
+    command with --resume computes only the others, and the files equal an uninterrupted run's."""
+    import global_data_pre_cal
+    from blurry_edges.models import LocalStage, save_weights
+    from test_training_scripts import write_train_val
+
+    data = write_train_val(tmp_path / "data", 11, 41, 41, n_train=3, n_val=2)
+    for seed, name in ((0, "a.pth"), (1, "b.pth")):
+        torch.manual_seed(seed)
+        save_weights(LocalStage(11), tmp_path / name)
+    common = ["--data_path", str(data), "--cuda", "cpu", "--no_progress", "--bf16", "off", "--crop_tokens", "6"]
+    a = common + ["--local_weights", str(tmp_path / "a.pth")]
+    global_data_pre_cal.main(a)
+    straight = {s: np.load(data / f"params_src_{s}.npy") for s in ("train", "val")}
+    origins = np.load(data / "crop_origins_train.npy")
+    for s in ("train", "val"):
+        (data / f"params_src_{s}.npy").unlink()
+
+    assert global_data_pre_cal.main(a + ["--max_minutes", "1e-6"]) == []         # one scene, then out of time
+    assert not (data / "params_src_train.npy").exists()
+    written = np.load(data / ".params_src_train.npy.partial.rank0.npy")
+    assert written.tolist() == [0]
+    with pytest.raises(ValueError, match="local_weights_id"):                     # other weights: refused
+        global_data_pre_cal.main(common + ["--local_weights", str(tmp_path / "b.pth"), "--resume"])
+    capsys.readouterr()
+    global_data_pre_cal.main(a + ["--resume"])
+    assert "1 of 3 rows" in capsys.readouterr().out
+    for s in ("train", "val"):
+        np.testing.assert_array_equal(np.load(data / f"params_src_{s}.npy"), straight[s])
+    np.testing.assert_array_equal(np.load(data / "crop_origins_train.npy"), origins)
+    assert not list(data.glob(".params_src_*"))                                  # no partial files left
+    stamp = (data / "params_src_train.npy").stat().st_mtime_ns
+    global_data_pre_cal.main(a + ["--resume"])                                   # complete: kept as it is
+    assert "kept" in capsys.readouterr().out and (data / "params_src_train.npy").stat().st_mtime_ns == stamp
+
+
 def test_global_stage_trained_on_crops_runs_on_the_full_grid_and_through_blocks(tmp_path):
     import global_data_pre_cal
     import global_training
