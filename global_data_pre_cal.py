@@ -137,13 +137,13 @@ def precalculate_split(args, split: str, model, renderer, ctx, deadline: Optiona
                 "crop_seed": args.seed if crops is not None else None, "bf16": bool(args.bf16),
                 "camera": args.camera_params, "manifest_sha256": sha256(manifest) if manifest.is_file() else None}
     info_file = root / f"params_src_{split}.json"
-    if args.resume and final.is_file() and info_file.is_file() and \
-            json.loads(info_file.read_text()).get("identity") == json.loads(json.dumps(identity)):
+    done_info = json.loads(info_file.read_text()) if args.resume and final.is_file() and info_file.is_file() else {}
+    if done_info.get("identity") == json.loads(json.dumps(identity)) and done_info.get("shape") == list(shape):
         if ctx.is_main:
             print(f"--resume: {final} is complete with these weights and settings; kept")
         return final
-    if deadline is not None and deadline.passed():
-        return None                                                      # no time left to start this split
+    if deadline is not None and ctx.any(deadline.passed()):
+        return None                                                      # no time left to start this split (all agree)
     rows = PartialRows(final, shape, np.float32, ctx, identity, resume=args.resume)
     mine = [i for i in range(ctx.rank, n_scenes, ctx.world_size) if not rows.done[i]]
     loader = DataLoader(Subset(ds, mine), batch_size=args.batch_size, shuffle=False,
