@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -133,9 +132,10 @@ def main(argv=None) -> dict:
             meta = load_weights(model, args.init_from, what="global stage")
             settings_from_weights({"weights": (args.init_from, meta)}, R=args.R, stride=args.stride)
         if args.token_xy_bound is not None:
-            if not (args.token_xy_bound > 0 and math.isfinite(args.token_xy_bound)):
-                raise SystemExit(f"--token_xy_bound {args.token_xy_bound}: must be a positive number")
-            model.token_xy_bound = args.token_xy_bound
+            try:                                  # the model's setter owns the check
+                model.token_xy_bound = args.token_xy_bound
+            except ValueError as e:
+                raise SystemExit(f"--token_xy_bound {args.token_xy_bound}: {e}") from e
         if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
         if args.restart_from and (args.init_from or args.pass_through_steps):

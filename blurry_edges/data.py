@@ -489,7 +489,8 @@ class PartialRows:
     ``final`` only when every row is written, so an interrupted run never leaves a file that looks
     complete. Beside it ``.<name>.partial.json`` records the array's shape, dtype and ``identity``
     (what the rows are computed from: weights, settings …), and ``.<name>.partial.rank<r>.npy``
-    the rows each process has written and flushed (:meth:`commit`). A later run with ``resume=True``
+    the rows each process has written and flushed in this run (:meth:`commit`; the rows of earlier
+    runs are merged into ``.<name>.partial.before.npy`` when a run starts). A later run with ``resume=True``
     and the same identity keeps the rows already written (:attr:`done`) and fills only the others,
     with any number of processes; another identity is an error that names the difference. Without
     ``resume`` an earlier partial file is started afresh.
@@ -562,7 +563,7 @@ class PartialRows:
         self.array.flush()
         self._mine.extend(int(r) for r in rows)
         _atomic_npy(self.final.parent / f".{self.final.name}.partial.rank{self.ctx.rank}.npy",
-                    np.concatenate([np.flatnonzero(self.done), np.asarray(self._mine, dtype=np.int64)]))
+                    np.asarray(self._mine, dtype=np.int64))    # the earlier runs' rows stay in the merged record
 
     def finish(self, before_publish=None) -> bool:
         """On every process: wait for all, then publish ``final`` if every row is written (True); else

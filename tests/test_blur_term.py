@@ -225,8 +225,7 @@ def test_pass_through_targets_clamp_saturated_eta_logits():
     """η logits beyond erf's saturation all decode to the same η: the targets stop at ETA_LOGIT_RANGE,
     so that a local stage's −7 (seen in practice) does not dominate the squared error."""
     from blurry_edges.train.recipe import pass_through_targets
-    from blurry_edges.wedges import ETA_LOGIT_RANGE
-    from blurry_edges.wedges import eta_from_logit
+    from blurry_edges.wedges import ETA_LOGIT_RANGE, eta_from_logit
 
     t = torch.zeros(3, 38)
     t[:, 8:10] = torch.tensor([[-7.5, 0.2], [4.0, -0.3], [0.1, 0.0]])      # tokens carry e − 0.5
