@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from blurry_edges.models import WEIGHT_FILES, GlobalStage, load_weights, weights_id
+from blurry_edges.models import WEIGHT_FILES, GlobalStage, UNet, load_weights, weights_id
 from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
                                run_script, settings_from_weights)
@@ -61,6 +61,10 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_path", type=str, default=None, help="where sparse_depth_*.npy go (default: --data_path)")
     p.add_argument("--recompute_cache", action="store_true", help="rebuild the sparse depth maps even if cached")
     p.add_argument("--precal_batch", type=int, default=8, help="scenes per global-stage pass when building the cache")
+    p.add_argument("--init_from", type=str, default=None,
+                   help="start from these U-Net weights (e.g. the shipped ones, to adapt them to a new global "
+                        "stage's maps) with a fresh optimizer and schedule; --resume continues a checkpoint and "
+                        "--restart_from also keeps its optimizer's moments")
     add_runtime_args(p, seed=2025, deterministic=False)
     args = p.parse_args(argv)
     check_training_outputs(p, args, ("exp_depth_completion_pp",))
@@ -137,6 +141,9 @@ def main(argv=None) -> dict:
     ctx = setup_distributed(args.cuda)
     try:
         set_seed(args.seed, args.deterministic)
+        if args.init_from and args.restart_from:
+            raise SystemExit("--init_from and --restart_from both give the starting weights; pass one (--restart_from "
+                             "also keeps the optimizer's moments)")
         root = Path(args.data_path)
         require_tokens(root)                              # whole-image or crop tokens, else the command
         args.cache_path = args.cache_path or str(root)
@@ -175,7 +182,16 @@ def main(argv=None) -> dict:
         set_seed(args.seed, args.deterministic)          # the U-Net's start does not depend on the cache
         source = {"R": args.R, "stride": args.stride, "img_size": [grid.H, grid.W], "crop_tokens": args.crop_tokens,
                   "global_weights_id": global_id}
-        task = DepthCompletionTask(args.loss, args.augment, source=source, map_size=(work.H, work.W))
+        unet = None
+        if args.init_from:
+            unet = UNet(1, 1)
+            unet_meta = load_weights(unet, args.init_from, what="depth-completion U-Net")
+            before = unet_meta.get("global_weights_id")
+            if ctx.is_main:
+                print(f"U-Net starts from {args.init_from}"
+                      + (f" (trained on the maps of global stage {before}; these maps: {global_id})"
+                         if before and before != global_id else ""))
+        task = DepthCompletionTask(args.loss, args.augment, model=unet, source=source, map_size=(work.H, work.W))
         train_set, val_set = (SparseDensePairs(files[s], root, s, crops, scenes[s].crop_origins)
                               for s in ("train", "val"))
         out = fit(task, train_set, val_set, loop_config(args), ctx)

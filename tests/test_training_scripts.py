@@ -140,6 +140,22 @@ def test_w_variant_and_depth_completion_scripts(tmp_path):
     depth_completion_training.main(args + ["--resume"])                     # finished: cache reused, no epochs
     assert (data / "sparse_depth_train.npy").stat().st_mtime_ns == stamp
 
+    # --init_from: the U-Net starts from given weights (lr 0 keeps its parameters; BatchNorm statistics move)
+    start = ["--data_path", str(data), "--epoch_num", "1", "--batch_size", "2", "--global_weights", sparse["weights"],
+             "--learning_rate", "0", "--init_from", pp["weights"]]
+    with pytest.raises(SystemExit, match="--restart_from"):
+        depth_completion_training.main(start + ["--restart_from", str(tmp_path / "ck" / "exp_depth_completion_pp_last.pt")]
+                                       + _common(tmp_path / "both"))
+    init = depth_completion_training.main(start + _common(tmp_path / "init"))
+    src, got = UNet(), UNet()
+    load_weights(src, pp["weights"])
+    meta = load_weights(got, init["weights"])
+    assert meta["args"]["init_from"] == pp["weights"]
+    fresh = dict(UNet().named_parameters())
+    for name, p in got.named_parameters():
+        assert torch.equal(p, dict(src.named_parameters())[name]), name
+    assert any(not torch.equal(p, fresh[n]) for n, p in got.named_parameters())
+
 
 def _state_hash(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
