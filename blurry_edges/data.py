@@ -574,7 +574,9 @@ class PartialRows:
         done = self.done.copy()
         for f in self._row_files():
             done[np.load(f)] = True
-        complete = bool(done.all())
+        # all processes agree before the main one removes the records: a process still reading them
+        # would otherwise find some gone, call the split unfinished and leave the others waiting
+        complete = not self.ctx.any(not done.all())
         if self.ctx.is_main and complete:
             if before_publish is not None:
                 before_publish()
