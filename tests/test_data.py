@@ -167,3 +167,57 @@ def test_manifest_reader(ours, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something_else"}))
     with pytest.raises(ValueError, match="unknown data format"):
         read_manifest(tmp_path)
+
+
+class _ThreadContext:
+    """Two 'processes' as threads: barrier and any() synchronise them as the gloo ones do."""
+
+    def __init__(self, rank: int, world: int, gate, shared: dict, slow_after_barrier: float = 0.0):
+        self.rank, self.world_size, self.is_main = rank, world, rank == 0
+        self.gate, self.shared, self.slow = gate, shared, slow_after_barrier
+
+    def barrier(self) -> None:
+        self.gate.wait()
+        if self.slow:
+            import time
+            time.sleep(self.slow)                 # this process falls behind after every barrier
+
+    def any(self, flag: bool) -> bool:
+        self.shared[f"flag{self.rank}"] = bool(flag)
+        self.gate.wait()                          # every process has contributed
+        out = any(self.shared[f"flag{r}"] for r in range(self.world_size))
+        self.gate.wait()                          # and read the result
+        return out
+
+
+def test_partial_rows_all_processes_see_a_complete_split(tmp_path):
+    """A process that falls behind after the barrier still sees the split complete: the main one
+    removes the row records only after every process has read them (an earlier version let the slow
+    process find them gone, call the split unfinished and leave the others waiting)."""
+    import threading
+
+    from blurry_edges.data import PartialRows
+
+    gate, shared, results, errors = threading.Barrier(2), {}, {}, []
+
+    def work(rank: int) -> None:
+        try:
+            ctx = _ThreadContext(rank, 2, gate, shared, slow_after_barrier=0.3 if rank == 1 else 0.0)
+            rows = PartialRows(tmp_path / "a.npy", (6, 3), np.float32, ctx, {"w": 1})
+            for i in range(rank, 6, 2):
+                rows.array[i] = i
+                rows.commit([i])
+            results[rank] = rows.finish()
+        except BaseException as e:                # noqa: BLE001  (reported below)
+            errors.append(e)
+            gate.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert results == {0: True, 1: True}
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy")[:, 0], np.arange(6, dtype=np.float32))
+    assert not list(tmp_path.glob(".a.npy.partial*"))
