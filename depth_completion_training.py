@@ -15,7 +15,8 @@
    place in the full grid.
 2. The U-Net learns sparse → dense ground-truth depth (for crops, the same pixel window of it):
    L1 loss over all pixels (``--loss l2`` for MSE), random flips, AdamW (lr 1e-4), global batch 16,
-   100 epochs, gradient clip 1, ReduceLROnPlateau(0.5, patience 5). Best weights:
+   100 epochs, gradient clip 1, ReduceLROnPlateau(0.5, patience 5); from random weights, or from trained
+   ones with ``--init_from`` (README "Depth completion": a new global stage). Best weights:
    ``<model_path>/best_run_exp_depth_completion_pp.pth`` (load it as ``pretrained_depth_completion_pp.pth``);
    their meta records ``crop_tokens`` (``None``: whole images). Trained on crops, the U-Net runs on
    whole images at test time (it is convolutional).
