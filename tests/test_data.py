@@ -1,6 +1,7 @@
 """Datasets over our format and the authors' format (float64, no manifest), auto-detected."""
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -179,7 +180,6 @@ class _ThreadContext:
     def barrier(self) -> None:
         self.gate.wait()
         if self.slow:
-            import time
             time.sleep(self.slow)                 # this process falls behind after every barrier
 
     def any(self, flag: bool) -> bool:
