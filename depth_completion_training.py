@@ -43,7 +43,7 @@ from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
                                run_script, settings_from_weights)
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
-                              resolve_camera, resolve_setting)
+                              refuse_restart_beside, resolve_camera, resolve_setting)
 from blurry_edges.features import global_depth_maps, resolve_bf16
 from blurry_edges.train import DepthCompletionTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 from blurry_edges.wedges import WedgeRenderer
@@ -106,7 +106,7 @@ def build_sparse_depth(args, split: str, model, renderer, grid: PatchGrid, ctx, 
     Returns:
         ``<cache_path>/sparse_depth_{split}.npy``: float32 ``[N, grid.H, grid.W]`` (Eqs. 19–20).
     """
-    from blurry_edges.data import staged_rows
+    from blurry_edges.data import PartialRows
 
     cache = Path(args.cache_path)
     final, info_file = cache / f"sparse_depth_{split}.npy", cache / f"sparse_depth_{split}.json"
@@ -116,19 +116,22 @@ def build_sparse_depth(args, split: str, model, renderer, grid: PatchGrid, ctx, 
         if ctx.is_main:
             print(f"using the cached {final}")
         return final
-    with staged_rows(final, (len(scenes), grid.H, grid.W), np.float32, ctx) as out:
-        mine = list(range(ctx.rank, len(scenes), ctx.world_size))
-        loader = DataLoader(Subset(scenes, mine), batch_size=args.precal_batch, shuffle=False,
-                            num_workers=args.num_workers or 0, pin_memory=ctx.device.type == "cuda")
-        pos = 0
-        for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
-                          dynamic_ncols=True):
-            params = batch[0].to(ctx.device, non_blocking=True)
-            origin = batch[-1] if crops is not None else None          # crop items end with their origin
-            depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.global_bf16, origin=origin)
-            idx = mine[pos:pos + params.shape[0]]
-            out[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
-            pos += params.shape[0]
+    rows = PartialRows(final, (len(scenes), grid.H, grid.W), np.float32, ctx, identity=want)
+    mine = list(range(ctx.rank, len(scenes), ctx.world_size))
+    loader = DataLoader(Subset(scenes, mine), batch_size=args.precal_batch, shuffle=False,
+                        num_workers=args.num_workers or 0, pin_memory=ctx.device.type == "cuda")
+    pos = 0
+    for batch in tqdm(loader, desc=f"sparse depth, {split}", disable=not (args.progress and ctx.is_main),
+                      dynamic_ncols=True):
+        params = batch[0].to(ctx.device, non_blocking=True)
+        origin = batch[-1] if crops is not None else None          # crop items end with their origin
+        depth, _ = global_depth_maps(model, renderer, grid, params, bf16=args.global_bf16, origin=origin)
+        idx = mine[pos:pos + params.shape[0]]
+        rows.array[idx[0]:idx[-1] + 1:ctx.world_size] = depth.cpu().numpy()
+        rows.commit(idx)
+        pos += params.shape[0]
+    if not rows.finish():
+        raise RuntimeError(f"{final}: not every row was written (a process stopped early?); run again")
     if ctx.is_main:
         info_file.write_text(json.dumps(want, indent=2))
     ctx.barrier()
@@ -142,9 +145,7 @@ def main(argv=None) -> dict:
     ctx = setup_distributed(args.cuda)
     try:
         set_seed(args.seed, args.deterministic)
-        if args.init_from and args.restart_from:
-            raise SystemExit("--init_from and --restart_from both give the starting weights; pass one (--restart_from "
-                             "also keeps the optimizer's moments)")
+        refuse_restart_beside(args, "init_from")
         root = Path(args.data_path)
         require_tokens(root)                              # whole-image or crop tokens, else the command
         args.cache_path = args.cache_path or str(root)

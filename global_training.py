@@ -34,7 +34,7 @@ from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import PatchGrid
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
-                              resolve_camera, resolve_setting)
+                              refuse_restart_beside, resolve_camera, resolve_setting)
 from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script, settings_from_weights
 from blurry_edges.train import GlobalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
@@ -138,9 +138,7 @@ def main(argv=None) -> dict:
                 raise SystemExit(f"--token_xy_bound {args.token_xy_bound}: {e}") from e
         if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
-        if args.restart_from and (args.init_from or args.pass_through_steps):
-            raise SystemExit("--restart_from gives the starting weights (and the optimizer's moments); drop "
-                             + ("--init_from" if args.init_from else "--pass_through_steps"))
+        refuse_restart_beside(args, "init_from", "pass_through_steps")
         if args.pass_through_steps < 0:
             raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
         if not args.pass_through_eta_weight > 0:

@@ -20,7 +20,7 @@ import sys
 from blurry_edges.losses import LocalSchedule
 from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script, settings_from_weights
 from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
-                              resolve_camera, resolve_setting)
+                              refuse_restart_beside, resolve_camera, resolve_setting)
 from blurry_edges.train import LocalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
 
 
@@ -61,9 +61,7 @@ def main(argv=None) -> dict:
         set_seed(args.seed, args.deterministic)
         if args.beta_blur < 0:
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0")
-        if args.init_from and args.restart_from:
-            raise SystemExit("--init_from and --restart_from both give the starting weights; pass one (--restart_from "
-                             "also keeps the optimizer's moments)")
+        refuse_restart_beside(args, "init_from")
         with_blur = args.beta_blur > 0
         train_set = LocalPatchDataset(args.data_path, "train", with_blur=with_blur)
         val_set = LocalPatchDataset(args.data_path, "val", with_blur=with_blur)

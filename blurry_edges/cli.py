@@ -77,6 +77,19 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, seed: int, deterministi
     g.add_argument("--no_progress", dest="progress", action="store_false", help="hide the tqdm bars")
 
 
+def refuse_restart_beside(args: argparse.Namespace, *options: str) -> None:
+    """Refuse ``--restart_from`` beside any of ``options`` (attribute names such as ``"init_from"``) that
+    also decide where training starts: a warm restart takes the weights and the AdamW moments from its
+    checkpoint, so the run would silently ignore one of the two."""
+    if not getattr(args, "restart_from", None):
+        return
+    given = [f"--{name}" for name in options if getattr(args, name, None)]
+    if given:
+        raise SystemExit("--restart_from gives the starting weights (and the optimizer's moments); drop "
+                         + " and ".join(given) + " or --restart_from (--init_from takes the weights only, with a "
+                         "fresh optimizer)")
+
+
 def bf16_spec(value: str) -> str:
     """An ``--bf16`` value: ``auto``, ``on`` or ``off`` (any case); anything else an explained error."""
     v = str(value).strip().lower()

@@ -19,7 +19,6 @@ networks see exactly what they saw in the paper).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -453,40 +452,11 @@ def precal_crops(train: SceneDataset, val: SceneDataset, grid: PatchGrid) -> Opt
     return crops
 
 
-@contextlib.contextmanager
-def staged_rows(final: str | os.PathLike, shape: tuple[int, ...], dtype, ctx, before_publish=None):
-    """A ``.npy`` array that every process fills with its rows, published only when complete.
-
-    The main process creates ``.<name>.partial`` next to ``final``; every process opens it and
-    receives it (``numpy.memmap``, mode ``r+``) to write its rows; after all have flushed, the main
-    process calls ``before_publish()`` (if given) and renames the file to ``final``. An interrupted
-    run leaves only the hidden partial file, never a ``final`` that looks complete.
-
-    Args:
-        ctx: the run's ``train.DistContext`` (``is_main``, ``barrier``).
-    """
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.partial"
-    if ctx.is_main:                                   # one writer creates the file, all fill their share
-        final.parent.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape)).flush()
-    ctx.barrier()
-    out = np.lib.format.open_memmap(tmp, mode="r+")
-    yield out
-    out.flush()
-    del out
-    ctx.barrier()
-    if ctx.is_main:
-        if before_publish is not None:
-            before_publish()
-        os.replace(tmp, final)
-
-
 class PartialRows:
     """A ``.npy`` array that every process fills with its rows over one or more runs (resumable).
 
-    Like :func:`staged_rows` the rows go to a hidden ``.<name>.partial`` file that is renamed to
-    ``final`` only when every row is written, so an interrupted run never leaves a file that looks
+    Every process writes its rows to a hidden ``.<name>.partial`` file (``numpy.memmap``) that is renamed
+    to ``final`` only when every row is written, so an interrupted run never leaves a file that looks
     complete. Beside it ``.<name>.partial.json`` records the array's shape, dtype and ``identity``
     (what the rows are computed from: weights, settings …), and ``.<name>.partial.rank<r>.npy``
     the rows each process has written and flushed in this run (:meth:`commit`; the rows of earlier

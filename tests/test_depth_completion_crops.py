@@ -120,6 +120,58 @@ def test_crop_cache_is_the_window_of_the_whole_image_cache(tmp_path):
         assert torch.equal(dense_i, torch.from_numpy(dense[i][rows, cols]))
 
 
+def test_cache_built_by_two_processes_is_the_one_process_cache(tmp_path):
+    """Two processes (threads with a shared barrier, as under torchrun) each compute their share of
+    the scenes' maps; the published cache equals the one-process cache (one scene per pass in both,
+    so each map is the same computation) and no partial file is left."""
+    import argparse
+    import threading
+
+    import depth_completion_training
+    from test_data import _ThreadContext
+
+    from blurry_edges.camera import CameraParams
+    from blurry_edges.data import SceneDataset
+    from blurry_edges.wedges import WedgeRenderer
+
+    data, local, glob = _data_and_weights(tmp_path, token_wise=False)
+    _precal(data, local)
+    grid = PatchGrid(SIZE, SIZE, R, S)
+    model = GlobalStage(grid.Hp, grid.Wp, S)
+    load_weights(model, glob)
+    model.eval()
+    renderer = WedgeRenderer(R, CameraParams())
+    scenes = SceneDataset(str(data), "train", with_params=True, with_depth=True)
+
+    def build(folder: str, ctx) -> None:
+        ctx.device = torch.device("cpu")
+        args = argparse.Namespace(cache_path=str(tmp_path / folder), recompute_cache=False, precal_batch=1,
+                                  num_workers=0, progress=False, global_bf16=False, global_weights=str(glob), R=R,
+                                  stride=S, data_path=str(data))
+        depth_completion_training.build_sparse_depth(args, "train", model, renderer, grid, ctx, scenes)
+
+    build("one", _ThreadContext(0, 1, threading.Barrier(1), {}))
+    gate, shared, errors = threading.Barrier(2), {}, []
+
+    def work(rank: int) -> None:
+        try:
+            build("two", _ThreadContext(rank, 2, gate, shared, slow_after_barrier=0.2 if rank == 1 else 0.0))
+        except BaseException as e:                # noqa: BLE001  (reported below)
+            errors.append(e)
+            gate.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    one, two = (np.load(tmp_path / f / "sparse_depth_train.npy") for f in ("one", "two"))
+    assert one.shape == (2, SIZE, SIZE) and (one > 0).any()   # maps with depths in them, not only zeros
+    np.testing.assert_array_equal(two, one)                   # scene by scene, the same computation
+    assert not list((tmp_path / "two").glob(".sparse_depth_train.npy.partial*"))
+
+
 def test_crop_cache_comes_from_the_global_stage_at_the_crops_place(tmp_path):
     """With attention the maps of a crop differ from the whole image's; they are the global stage's
     on the crop's tokens, with the positional codes of the crop's place in the full grid."""

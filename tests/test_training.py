@@ -5,6 +5,7 @@ the datasets' format (channel-last float32 images), built here so the tests do n
 data generator."""
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from blurry_edges.losses import GlobalSchedule, LocalSchedule
 from blurry_edges.models import GlobalStage, LocalStage, load_weights
 from blurry_edges.patches import PatchGrid
-from blurry_edges.cli import resolve_setting
+from blurry_edges.cli import refuse_restart_beside, resolve_setting
 from blurry_edges.features import autocast_context
 from blurry_edges.train import (DepthCompletionTask, DistContext, GlobalTask, LocalTask, LoopConfig, fit,
                                 parse_device, set_seed)
@@ -344,6 +345,20 @@ def test_parse_device_and_settings():
         assert not torch.is_autocast_enabled("cpu")
     with autocast_context(torch.device("cpu"), True):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_restart_from_is_refused_beside_other_starts():
+    """--restart_from takes weights and moments from its checkpoint: another start option beside it is refused,
+    naming every option to drop; without --restart_from, or with the others unset, nothing is refused."""
+    ns = argparse.Namespace
+    refuse_restart_beside(ns(restart_from=None, init_from="w.pth"), "init_from")
+    refuse_restart_beside(ns(restart_from="ck.pt", init_from=None, pass_through_steps=0), "init_from",
+                          "pass_through_steps")
+    with pytest.raises(SystemExit, match="drop --init_from or --restart_from"):
+        refuse_restart_beside(ns(restart_from="ck.pt", init_from="w.pth"), "init_from")
+    with pytest.raises(SystemExit, match="drop --init_from and --pass_through_steps or"):
+        refuse_restart_beside(ns(restart_from="ck.pt", init_from="w.pth", pass_through_steps=600), "init_from",
+                              "pass_through_steps")
 
 
 @pytest.mark.parametrize("freeze", [False, True])
