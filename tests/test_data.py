@@ -190,34 +190,44 @@ class _ThreadContext:
         return out
 
 
+def run_as_two_processes(work, slow_after_barrier: float = 0.3) -> dict:
+    """``work(ctx)`` on two threads standing for two processes (rank 1 falls behind after every
+    barrier); returns ``{rank: result}`` and re-raises the first error of either."""
+    import threading
+
+    gate, shared, results, errors = threading.Barrier(2), {}, {}, []
+
+    def run(rank: int) -> None:
+        try:
+            results[rank] = work(_ThreadContext(rank, 2, gate, shared, slow_after_barrier if rank == 1 else 0.0))
+        except BaseException as e:                # noqa: BLE001  (re-raised below)
+            errors.append(e)
+            gate.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    if errors:
+        raise errors[0]
+    return results
+
+
 def test_partial_rows_all_processes_see_a_complete_split(tmp_path):
     """A process that falls behind after the barrier still sees the split complete: the main one
     removes the row records only after every process has read them (an earlier version let the slow
     process find them gone, call the split unfinished and leave the others waiting)."""
-    import threading
-
     from blurry_edges.data import PartialRows
 
-    gate, shared, results, errors = threading.Barrier(2), {}, {}, []
+    def work(ctx) -> bool:
+        rows = PartialRows(tmp_path / "a.npy", (6, 3), np.float32, ctx, {"w": 1})
+        for i in range(ctx.rank, 6, 2):
+            rows.array[i] = i
+            rows.commit([i])
+        return rows.finish()
 
-    def work(rank: int) -> None:
-        try:
-            ctx = _ThreadContext(rank, 2, gate, shared, slow_after_barrier=0.3 if rank == 1 else 0.0)
-            rows = PartialRows(tmp_path / "a.npy", (6, 3), np.float32, ctx, {"w": 1})
-            for i in range(rank, 6, 2):
-                rows.array[i] = i
-                rows.commit([i])
-            results[rank] = rows.finish()
-        except BaseException as e:                # noqa: BLE001  (reported below)
-            errors.append(e)
-            gate.abort()
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
+    results = run_as_two_processes(work)
     assert results == {0: True, 1: True}
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy")[:, 0], np.arange(6, dtype=np.float32))
     assert not list(tmp_path.glob(".a.npy.partial*"))

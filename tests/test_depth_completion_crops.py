@@ -128,7 +128,7 @@ def test_cache_built_by_two_processes_is_the_one_process_cache(tmp_path):
     import threading
 
     import depth_completion_training
-    from test_data import _ThreadContext
+    from test_data import _ThreadContext, run_as_two_processes
 
     from blurry_edges.camera import CameraParams
     from blurry_edges.data import SceneDataset
@@ -151,21 +151,7 @@ def test_cache_built_by_two_processes_is_the_one_process_cache(tmp_path):
         depth_completion_training.build_sparse_depth(args, "train", model, renderer, grid, ctx, scenes)
 
     build("one", _ThreadContext(0, 1, threading.Barrier(1), {}))
-    gate, shared, errors = threading.Barrier(2), {}, []
-
-    def work(rank: int) -> None:
-        try:
-            build("two", _ThreadContext(rank, 2, gate, shared, slow_after_barrier=0.2 if rank == 1 else 0.0))
-        except BaseException as e:                # noqa: BLE001  (reported below)
-            errors.append(e)
-            gate.abort()
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    run_as_two_processes(lambda ctx: build("two", ctx), slow_after_barrier=0.2)
     one, two = (np.load(tmp_path / f / "sparse_depth_train.npy") for f in ("one", "two"))
     assert one.shape == (2, SIZE, SIZE) and (one > 0).any()   # maps with depths in them, not only zeros
     np.testing.assert_array_equal(two, one)                   # scene by scene, the same computation
