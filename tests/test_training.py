@@ -220,7 +220,10 @@ def test_outputs_checkpoint_and_weights_meta(tmp_path):
     np.testing.assert_allclose(np.load(logs / "loss_curve_exp_global_stage.npy"), out["loss_curve"])
     lines = (logs / "exp_global_stage_training.txt").read_text().splitlines()
     assert lines[0] == "Arguments:" and any(line.startswith("Epoch") for line in lines)
-    assert sum(1 for line in lines if line.split() and line.split()[0] in ("1", "2")) == 2
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in ("1", "2")]
+    assert len(rows) == 2
+    assert all(len(r) == 5 and float(r[4]) >= 0.0 for r in rows)   # the epoch's wall minutes, last column
+    assert lines[lines.index("Training:") + 1].split()[-1] == "Minutes"
 
     ckpt = torch.load(tmp_path / "ckpt" / "exp_global_stage_last.pt", weights_only=True)
     for key in ("model", "optimizer", "scheduler", "rng", "epoch", "best_loss", "loss_curve", "schedule"):

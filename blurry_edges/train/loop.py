@@ -245,7 +245,7 @@ def fit(task: Task, train_set: Dataset, val_set: Dataset, cfg: LoopConfig, ctx: 
             patience, lr = "-", optimizer.param_groups[0]["lr"]
         else:
             patience, lr = task.step_scheduler(epoch, val_loss, scheduler, optimizer)
-        log.epoch(epoch, val_loss, patience, lr)
+        log.epoch(epoch, val_loss, patience, lr, (time.time() - t_epoch) / 60.0)
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch
             if ctx.is_main:

@@ -90,7 +90,8 @@ def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, 
 
 class EpochLog:
     """Text log in the authors' layout: the arguments, then one line per epoch
-    (epoch, validation loss, scheduler patience, learning rate), then the best epoch."""
+    (epoch, validation loss, scheduler patience, learning rate, and, added here, the epoch's wall
+    minutes: steps plus validation), then the best epoch."""
 
     def __init__(self, path: Path, args: dict[str, Any], resume_epoch: Optional[int], enabled: bool) -> None:
         self.enabled = enabled
@@ -108,14 +109,15 @@ class EpochLog:
         for key, value in args.items():
             self.write(f"{key:<20}: {value}")
         self.write("\nTraining:")
-        self.write(f'{"Epoch":<10} {"Loss":<20} {"Scheduler patience":<20} {"Learning rate"}')
+        self.write(f'{"Epoch":<10} {"Loss":<20} {"Scheduler patience":<20} {"Learning rate":<16} {"Minutes"}')
 
     def write(self, line: str) -> None:
         if self.fh is not None:
             print(line, file=self.fh, flush=True)
 
-    def epoch(self, epoch: int, loss: float, patience: Any, lr: float) -> None:
-        self.write(f"{epoch + 1:<10} {loss:<20.10f} {str(patience):<20} {lr:.4e}")
+    def epoch(self, epoch: int, loss: float, patience: Any, lr: float, minutes: float) -> None:
+        """One row: ``epoch`` 0-based (written 1-based), ``minutes`` the epoch's wall time."""
+        self.write(f"{epoch + 1:<10} {loss:<20.10f} {str(patience):<20} {lr:<16.4e} {minutes:.1f}")
 
     def close(self) -> None:
         if self.fh is not None:
