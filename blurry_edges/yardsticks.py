@@ -17,8 +17,13 @@ from one that learned where to abstain, every evaluation folder (the ``scene_XXX
   the same scenes, typically the training-free Focal Track (``--method focal_track``), whose dense
   estimate before thresholding (``depth_raw``) is read on the pixels the method kept.
 
+Two sparse results of the same scenes (say two trainings) keep different pixels, so their own
+figures compare different pixel sets; ``--common`` scores every folder only on the pixels that all
+the given folders kept (:func:`common_pixels`).
+
     python -m blurry_edges.yardsticks logs/test_none            # one or more result folders
     python -m blurry_edges.yardsticks logs/test_none --reference logs/test_focal_track
+    python -m blurry_edges.yardsticks logs/run_a logs/run_b --common
 """
 from __future__ import annotations
 
@@ -101,9 +106,36 @@ def _reference_maps(reference: Path, files: list[Path], key: str, gts: list[np.n
     return maps
 
 
+def common_pixels(folders: Sequence[str | Path], key: str = "depth") -> list[np.ndarray]:
+    """The pixels every folder predicted: per scene, bool ``[H, W]`` = AND over folders of ``key > 0``.
+
+    The folders must hold the same scenes (the same ``scene_XXXX.npz`` names and ground truth);
+    otherwise a ``ValueError`` (or ``FileNotFoundError``) names the folder that differs.
+    """
+    if len(folders) < 2:
+        raise ValueError("common pixels need at least two result folders")
+    first = Path(folders[0])
+    files = _scenes(first)
+    masks, gts = [], []
+    for f in files:
+        with np.load(f) as z:
+            if key not in z or "gt_depth" not in z:
+                raise ValueError(f"{f} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
+            masks.append(z[key] > 0)
+            gts.append(z["gt_depth"].astype(np.float64))
+    for other in map(Path, folders[1:]):
+        if len(_scenes(other)) != len(files):
+            raise ValueError(f"{other} holds {len(_scenes(other))} scenes, {first} {len(files)}: "
+                             f"evaluate both on the same test set (same --data_path and --max_scenes)")
+        for i, p in enumerate(_reference_maps(other, files, key, gts)):
+            masks[i] &= p > 0
+    return masks
+
+
 def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: int = 10,
                  z_min: float = 0.75, z_max: float = 1.18, key: str = "depth",
-                 reference: str | Path | None = None, reference_key: str = "depth_raw") -> YardstickReport:
+                 reference: str | Path | None = None, reference_key: str = "depth_raw",
+                 within: Optional[Sequence[np.ndarray]] = None) -> YardstickReport:
     """Score the predictions in ``folder`` against the constant depth on the same pixels.
 
     Args:
@@ -113,6 +145,8 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
         reference: another result folder of the same scenes (e.g. Focal Track's); its
             ``reference_key`` map (default the dense ``depth_raw``) is scored on the pixels where
             the prediction is > 0, so both are judged on exactly the same pixels.
+        within: per scene a bool ``[H, W]`` map (e.g. :func:`common_pixels`); the prediction is
+            scored only where it is True (and > 0), the yardsticks on the same pixels.
     """
     folder = Path(folder)
     files = _scenes(folder)
@@ -123,6 +157,11 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
                 raise ValueError(f"{f} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
             preds.append(z[key].astype(np.float64))
             gts.append(z["gt_depth"].astype(np.float64))
+    if within is not None:
+        if len(within) != len(preds) or any(w.shape != p.shape for w, p in zip(within, preds)):
+            raise ValueError(f"within: {len(within)} maps for the {len(preds)} scenes of {folder} (one per scene, "
+                             "of the scene's shape)")
+        preds = [np.where(w, p, 0.0) for w, p in zip(within, preds)]
     sl = (slice(crop, -crop), slice(crop, -crop)) if crop > 0 else (slice(None), slice(None))
     if constant is None:
         constant = float(np.median(np.concatenate([g[sl].ravel() for g in gts])))
@@ -180,12 +219,24 @@ def main(argv: Optional[Sequence[str]] = None) -> list[YardstickReport]:
     p.add_argument("--reference", type=str, default=None,
                    help="a result folder of the same scenes (e.g. --method focal_track) whose dense depth_raw is "
                         "scored on each method's pixels")
+    p.add_argument("--common", action="store_true",
+                   help="score every folder only on the pixels that all the given folders kept (two or more "
+                        "sparse results of the same scenes compared on the same pixels)")
     p.add_argument("--json", type=str, default=None, help="also write the reports to this JSON file")
     args = p.parse_args(argv)
+    if args.common and len(args.folders) < 2:
+        p.exit(2, "error: --common compares two or more result folders; give at least two\n")
     reports = []
+    try:
+        within = common_pixels(args.folders) if args.common else None
+    except (FileNotFoundError, ValueError) as e:
+        p.exit(2, f"error: {e}\n")
+    if within is not None:
+        print(f"on the pixels all {len(args.folders)} folders kept (--common)")
     for folder in args.folders:
         try:
-            reports.append(score_folder(folder, constant=args.constant, crop=args.crop, reference=args.reference))
+            reports.append(score_folder(folder, constant=args.constant, crop=args.crop, reference=args.reference,
+                                        within=within))
         except (FileNotFoundError, ValueError) as e:
             p.exit(2, f"error: {e}\n")
         print(format_report(reports[-1]))

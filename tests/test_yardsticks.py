@@ -89,3 +89,37 @@ def test_slope_tells_a_compressed_prediction_from_a_faithful_one(tmp_path):
     assert half.slope == pytest.approx(0.5, abs=1e-6)
     assert half.correlation == pytest.approx(1.0, abs=1e-6)     # correlation alone cannot tell them apart
     assert np.isnan(slope(np.ones(5), np.full(5, 0.9))) and np.isnan(slope(np.ones(2), np.arange(2.0)))
+
+
+def test_common_scores_two_sparse_results_on_the_pixels_both_kept(tmp_path, capsys):
+    gts = [np.tile(np.linspace(0.8, 1.15, 30), (30, 1)) for _ in range(2)]
+    cols = np.arange(30)[None, :].repeat(30, 0)
+    a_keeps, b_keeps = cols < 20, cols >= 10                     # both keep columns 10..19
+    # A is exact everywhere it keeps; B is exact on its own columns 20..29 and 5 cm off on 10..19
+    _write(tmp_path / "a", [np.where(a_keeps, g, 0.0) for g in gts], gts)
+    _write(tmp_path / "b", [np.where(b_keeps, np.where(cols < 20, g - 0.05, g), 0.0) for g in gts], gts)
+    own_b = score_folder(tmp_path / "b", crop=0)
+    assert own_b.method["rmse_cm"] < 4.0                         # half of its own pixels are exact
+    reports = main([str(tmp_path / "a"), str(tmp_path / "b"), "--common", "--crop", "0"])
+    a, b = reports
+    assert a.method["rmse_cm"] == pytest.approx(0.0, abs=1e-4)
+    assert b.method["rmse_cm"] == pytest.approx(5.0, abs=1e-3)
+    assert a.coverage == pytest.approx(1 / 3) and b.coverage == pytest.approx(1 / 3)
+    assert a.constant_same_pixels == b.constant_same_pixels      # the yardstick on the same pixels
+    assert "--common" in capsys.readouterr().out
+
+
+def test_common_refuses_one_folder_and_other_scenes(tmp_path, capsys):
+    gts = [np.full((20, 20), 0.9), np.full((20, 20), 1.0)]
+    _write(tmp_path / "run", gts, gts)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "run"), "--common"])
+    assert e.value.code == 2 and "at least two" in capsys.readouterr().err
+    _write(tmp_path / "fewer", gts[:1], gts[:1])
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "run"), str(tmp_path / "fewer"), "--common"])
+    assert e.value.code == 2 and "same test set" in capsys.readouterr().err
+    _write(tmp_path / "other", gts, [g + 0.1 for g in gts])
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "run"), str(tmp_path / "other"), "--common"])
+    assert e.value.code == 2 and "other scenes" in capsys.readouterr().err
