@@ -106,6 +106,19 @@ def _reference_maps(reference: Path, files: list[Path], key: str, gts: list[np.n
     return maps
 
 
+def _load_folder(folder: Path, key: str) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
+    """The scene files of a result folder, their ``key`` maps and ground truth (float64 ``[H, W]``)."""
+    files = _scenes(folder)
+    preds, gts = [], []
+    for f in files:
+        with np.load(f) as z:
+            if key not in z or "gt_depth" not in z:
+                raise ValueError(f"{f} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
+            preds.append(z[key].astype(np.float64))
+            gts.append(z["gt_depth"].astype(np.float64))
+    return files, preds, gts
+
+
 def common_pixels(folders: Sequence[str | Path], key: str = "depth") -> list[np.ndarray]:
     """The pixels every folder predicted: per scene, bool ``[H, W]`` = AND over folders of ``key > 0``.
 
@@ -115,14 +128,8 @@ def common_pixels(folders: Sequence[str | Path], key: str = "depth") -> list[np.
     if len(folders) < 2:
         raise ValueError("common pixels need at least two result folders")
     first = Path(folders[0])
-    files = _scenes(first)
-    masks, gts = [], []
-    for f in files:
-        with np.load(f) as z:
-            if key not in z or "gt_depth" not in z:
-                raise ValueError(f"{f} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
-            masks.append(z[key] > 0)
-            gts.append(z["gt_depth"].astype(np.float64))
+    files, preds, gts = _load_folder(first, key)
+    masks = [p > 0 for p in preds]
     for other in map(Path, folders[1:]):
         if len(_scenes(other)) != len(files):
             raise ValueError(f"{other} holds {len(_scenes(other))} scenes, {first} {len(files)}: "
@@ -149,14 +156,7 @@ def score_folder(folder: str | Path, *, constant: Optional[float] = None, crop: 
             scored only where it is True (and > 0), the yardsticks on the same pixels.
     """
     folder = Path(folder)
-    files = _scenes(folder)
-    preds, gts = [], []
-    for f in files:
-        with np.load(f) as z:
-            if key not in z or "gt_depth" not in z:
-                raise ValueError(f"{f} lacks '{key}' or 'gt_depth'; it is not an evaluation output")
-            preds.append(z[key].astype(np.float64))
-            gts.append(z["gt_depth"].astype(np.float64))
+    files, preds, gts = _load_folder(folder, key)
     if within is not None:
         if len(within) != len(preds) or any(w.shape != p.shape for w, p in zip(within, preds)):
             raise ValueError(f"within: {len(within)} maps for the {len(preds)} scenes of {folder} (one per scene, "
