@@ -126,13 +126,14 @@ def common_pixels(folders: Sequence[str | Path], key: str = "depth") -> list[np.
     otherwise a ``ValueError`` (or ``FileNotFoundError``) names the folder that differs.
     """
     if len(folders) < 2:
-        raise ValueError("common pixels need at least two result folders")
+        raise ValueError("--common compares two or more result folders; give at least two")
     first = Path(folders[0])
     files, preds, gts = _load_folder(first, key)
     masks = [p > 0 for p in preds]
     for other in map(Path, folders[1:]):
-        if len(_scenes(other)) != len(files):
-            raise ValueError(f"{other} holds {len(_scenes(other))} scenes, {first} {len(files)}: "
+        n_other = len(_scenes(other))
+        if n_other != len(files):
+            raise ValueError(f"{other} holds {n_other} scenes, {first} {len(files)}: "
                              f"evaluate both on the same test set (same --data_path and --max_scenes)")
         for i, p in enumerate(_reference_maps(other, files, key, gts)):
             masks[i] &= p > 0
@@ -224,8 +225,6 @@ def main(argv: Optional[Sequence[str]] = None) -> list[YardstickReport]:
                         "sparse results of the same scenes compared on the same pixels)")
     p.add_argument("--json", type=str, default=None, help="also write the reports to this JSON file")
     args = p.parse_args(argv)
-    if args.common and len(args.folders) < 2:
-        p.exit(2, "error: --common compares two or more result folders; give at least two\n")
     reports = []
     try:
         within = common_pixels(args.folders) if args.common else None
