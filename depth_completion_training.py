@@ -42,10 +42,10 @@ from blurry_edges.models import WEIGHT_FILES, GlobalStage, UNet, load_weights, w
 from blurry_edges.patches import CropLayout, PatchGrid
 from blurry_edges.runs import (TRAINED_FILES, check_training_outputs, choose_weights, data_fingerprint, positive_int,
                                run_script, settings_from_weights)
-from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
-                              refuse_restart_beside, resolve_camera, resolve_setting)
+from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, fit_and_report,
+                              resolve_camera, resolve_setting, training_session)
 from blurry_edges.features import global_depth_maps, resolve_bf16
-from blurry_edges.train import DepthCompletionTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
+from blurry_edges.train import DepthCompletionTask, set_seed
 from blurry_edges.wedges import WedgeRenderer
 
 
@@ -142,10 +142,7 @@ def main(argv=None) -> dict:
     from blurry_edges.data import SceneDataset, SparseDensePairs, precal_crops, require_tokens
 
     args = get_args(argv)
-    ctx = setup_distributed(args.cuda)
-    try:
-        set_seed(args.seed, args.deterministic)
-        refuse_restart_beside(args, "init_from")
+    with training_session(args) as ctx:
         root = Path(args.data_path)
         require_tokens(root)                              # whole-image or crop tokens, else the command
         args.cache_path = args.cache_path or str(root)
@@ -196,11 +193,7 @@ def main(argv=None) -> dict:
         task = DepthCompletionTask(args.loss, args.augment, model=unet, source=source, map_size=(work.H, work.W))
         train_set, val_set = (SparseDensePairs(files[s], root, s, crops, scenes[s].crop_origins)
                               for s in ("train", "val"))
-        out = fit(task, train_set, val_set, loop_config(args), ctx)
-        print_outputs(out, ctx.is_main)
-        return out
-    finally:
-        cleanup_distributed(ctx)
+        return fit_and_report(task, train_set, val_set, args, ctx)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ import torch
 from blurry_edges.losses import GAMMA_NAMES, GlobalSchedule
 from blurry_edges.models import GlobalStage, load_weights
 from blurry_edges.patches import PatchGrid
-from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
-                              refuse_restart_beside, resolve_camera, resolve_setting)
+from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, fit_and_report,
+                              loop_config, resolve_camera, resolve_setting, training_session)
 from blurry_edges.runs import check_training_outputs, data_fingerprint, positive_int, run_script, settings_from_weights
-from blurry_edges.train import GlobalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
+from blurry_edges.train import GlobalTask
 
 #: What each γ weights (the defaults come from ``losses.GlobalSchedule``).
 GAMMA_TERMS = {"color": "color error", "color_cons": "color consistency error",
@@ -98,9 +98,7 @@ def main(argv=None) -> dict:
     from blurry_edges.data import SceneDataset, precal_crops, require_tokens
 
     args = get_args(argv)
-    ctx = setup_distributed(args.cuda)
-    try:
-        set_seed(args.seed, args.deterministic)
+    with training_session(args, ("init_from", "pass_through_steps")) as ctx:
         if args.bf16 == "auto":
             # measured: bf16 speeds a 576-token step up by only ~10 % (the renderer dominates), while
             # the bf16 residual stream rounds the η codes that Eq. 7 turns into depth
@@ -138,7 +136,6 @@ def main(argv=None) -> dict:
                 raise SystemExit(f"--token_xy_bound {args.token_xy_bound}: {e}") from e
         if args.beta_blur < 0 or (args.beta_blur > 0 and variant != "sparse"):
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0, and 0 with --densify w")
-        refuse_restart_beside(args, "init_from", "pass_through_steps")
         if args.pass_through_steps < 0:
             raise SystemExit(f"--pass_through_steps {args.pass_through_steps}: must be ≥ 0")
         if not args.pass_through_eta_weight > 0:
@@ -176,11 +173,7 @@ def main(argv=None) -> dict:
                     print(f"pass-through warm start only (--epoch_num 0): validation loss {out['best_loss']:.6g} "
                           f"(the objective's final weights)\n  best weights : {out['weights']}")
                 return out
-        out = fit(task, train_set, val_set, loop_config(args), ctx)
-        print_outputs(out, ctx.is_main)
-        return out
-    finally:
-        cleanup_distributed(ctx)
+        return fit_and_report(task, train_set, val_set, args, ctx)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import sys
 
 from blurry_edges.losses import LocalSchedule
 from blurry_edges.runs import check_training_outputs, data_fingerprint, run_script, settings_from_weights
-from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, loop_config,
-                              refuse_restart_beside, resolve_camera, resolve_setting)
-from blurry_edges.train import LocalTask, cleanup_distributed, fit, print_outputs, set_seed, setup_distributed
+from blurry_edges.cli import (TRAINING_INTERRUPTED, add_basic_args, add_runtime_args, add_training_args, fit_and_report,
+                              resolve_camera, resolve_setting, training_session)
+from blurry_edges.train import LocalTask
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -56,12 +56,9 @@ def main(argv=None) -> dict:
     from blurry_edges.models import LocalStage, load_weights
 
     args = get_args(argv)
-    ctx = setup_distributed(args.cuda)
-    try:
-        set_seed(args.seed, args.deterministic)
+    with training_session(args) as ctx:
         if args.beta_blur < 0:
             raise SystemExit(f"--beta_blur {args.beta_blur}: must be ≥ 0")
-        refuse_restart_beside(args, "init_from")
         with_blur = args.beta_blur > 0
         train_set = LocalPatchDataset(args.data_path, "train", with_blur=with_blur)
         val_set = LocalPatchDataset(args.data_path, "val", with_blur=with_blur)
@@ -77,11 +74,7 @@ def main(argv=None) -> dict:
             meta = load_weights(model, args.init_from, what="local stage")
             settings_from_weights({"weights": (args.init_from, meta)}, R=args.R)
         task = LocalTask(args.R, camera, schedule, model=model)
-        out = fit(task, train_set, val_set, loop_config(args), ctx)
-        print_outputs(out, ctx.is_main)
-        return out
-    finally:
-        cleanup_distributed(ctx)
+        return fit_and_report(task, train_set, val_set, args, ctx)
 
 
 if __name__ == "__main__":

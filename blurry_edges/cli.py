@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -24,9 +25,9 @@ from .camera import CameraParams
 from .features import BF16_CHOICES, resolve_bf16
 from .pipeline import RHO_PRIME, normalize_densify
 from .runs import non_negative_int, positive_int
-from .train.dist import parse_device
-from .train.loop import LoopConfig
-from .train.records import plain
+from .train.dist import DistContext, cleanup_distributed, parse_device, set_seed, setup_distributed
+from .train.loop import LoopConfig, fit
+from .train.records import plain, print_outputs
 
 
 #: What a training script says when Ctrl-C stops it.
@@ -161,6 +162,28 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
                       freeze_batchnorm=getattr(args, "freeze_batchnorm", False),
                       restart_from=getattr(args, "restart_from", None))
 
+
+
+@contextmanager
+def training_session(args: argparse.Namespace, starts: tuple[str, ...] = ("init_from",)) -> Iterator[DistContext]:
+    """The frame of every training script: its processes (``--cuda``, torchrun), its seed, and the
+    refusal of ``--restart_from`` beside the options in ``starts`` (:func:`refuse_restart_beside`),
+    before any work; the processes are cleaned up however the body ends."""
+    ctx = setup_distributed(args.cuda)
+    try:
+        set_seed(args.seed, args.deterministic)
+        refuse_restart_beside(args, *starts)
+        yield ctx
+    finally:
+        cleanup_distributed(ctx)
+
+
+def fit_and_report(task, train_set, val_set, args: argparse.Namespace, ctx: DistContext) -> dict:
+    """Train ``task`` with the loop the command line configures (:func:`loop_config`) and print where the
+    weights, log, curve and checkpoints went; returns :func:`blurry_edges.train.fit`'s summary."""
+    out = fit(task, train_set, val_set, loop_config(args), ctx)
+    print_outputs(out, ctx.is_main)
+    return out
 
 
 def resolve_setting(name: str, given: Any, from_data: Any, default: Any, source: Any) -> Any:

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from blurry_edges.losses import GlobalSchedule, LocalSchedule
 from blurry_edges.models import GlobalStage, LocalStage, load_weights
 from blurry_edges.patches import PatchGrid
-from blurry_edges.cli import refuse_restart_beside, resolve_setting
+from blurry_edges.cli import refuse_restart_beside, resolve_setting, training_session
 from blurry_edges.features import autocast_context
 from blurry_edges.train import (DepthCompletionTask, DistContext, GlobalTask, LocalTask, LoopConfig, fit,
                                 parse_device, set_seed)
@@ -363,6 +363,35 @@ def test_restart_from_is_refused_beside_other_starts():
         refuse_restart_beside(ns(restart_from="ck.pt", init_from="w.pth", pass_through_steps=600), "init_from",
                               "pass_through_steps")
 
+
+
+def test_training_session_seeds_refuses_before_work_and_cleans_up(monkeypatch):
+    """The frame of the training scripts: the seed is set before the body, --restart_from beside a start
+    option of ``starts`` is refused before the body runs, and the processes are cleaned up however the
+    body ends."""
+    import blurry_edges.cli as cli
+    cleaned = []
+    monkeypatch.setattr(cli, "cleanup_distributed", lambda ctx: cleaned.append(ctx))
+    ns = argparse.Namespace
+    args = ns(cuda="cpu", seed=7, deterministic=False, restart_from=None, init_from=None)
+    with training_session(args) as ctx:
+        drawn = torch.rand(4)
+    assert ctx.device.type == "cpu" and ctx.world_size == 1 and cleaned == [ctx]
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.rand(4))
+    with pytest.raises(RuntimeError, match="body failed"):
+        with training_session(args):
+            raise RuntimeError("body failed")
+    assert len(cleaned) == 2
+    ran = []
+    both = ns(cuda="cpu", seed=7, deterministic=False, restart_from="ck.pt", init_from=None, pass_through_steps=600)
+    with pytest.raises(SystemExit, match="drop --pass_through_steps or --restart_from"):
+        with training_session(both, ("init_from", "pass_through_steps")):
+            ran.append(True)
+    assert not ran and len(cleaned) == 3
+    with training_session(both):                          # pass_through_steps is not a start option here
+        ran.append(True)
+    assert ran == [True]
 
 @pytest.mark.parametrize("freeze", [False, True])
 def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path, freeze):
