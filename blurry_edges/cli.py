@@ -163,7 +163,6 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
                       restart_from=getattr(args, "restart_from", None))
 
 
-
 @contextmanager
 def training_session(args: argparse.Namespace, starts: tuple[str, ...] = ("init_from",)) -> Iterator[DistContext]:
     """The frame of every training script: its processes (``--cuda``, torchrun), its seed, and the
