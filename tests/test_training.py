@@ -364,7 +364,6 @@ def test_restart_from_is_refused_beside_other_starts():
                               "pass_through_steps")
 
 
-
 def test_training_session_seeds_refuses_before_work_and_cleans_up(monkeypatch):
     """The frame of the training scripts: the seed is set before the body, --restart_from beside a start
     option of ``starts`` is refused before the body runs, and the processes are cleaned up however the
@@ -392,6 +391,7 @@ def test_training_session_seeds_refuses_before_work_and_cleans_up(monkeypatch):
     with training_session(both):                          # pass_through_steps is not a start option here
         ran.append(True)
     assert ran == [True]
+
 
 @pytest.mark.parametrize("freeze", [False, True])
 def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path, freeze):
