@@ -4,6 +4,7 @@
     python -m blurry_edges.release global checkpoints/run/best_run_exp_global_stage.pth --recipe "..."
     python -m blurry_edges.release curves pretrained_weights/curves/stage3.png \
         "local stage=logs/local_stage3/loss_curve_exp_local_stage" "global stage=logs/global_stage3/loss_curve_exp_global_stage"
+    python -m blurry_edges.release progress pretrained_weights/curves/progress.csv pretrained_weights/curves/progress.png
 
 The file keeps the training's meta (R, stride, image size, epoch, validation loss, samples and
 steps seen, minutes and processes, the commit that trained it) and adds ``recipe``,
@@ -131,6 +132,77 @@ def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: in
     return out
 
 
+PROGRESS_COLUMNS = ("panel", "series", "local_samples_M", "value")
+
+
+def plot_progress(table: str | Path, out: str | Path, dpi: int = 120) -> Path:
+    """One figure of the training's progress across stages, for the README and ``TRAINING.md``.
+
+    Args:
+        table: a CSV with the columns ``panel,series,local_samples_M,value``: one row per point;
+            a panel per distinct ``panel`` (in order of appearance), a line per ``series`` in it,
+            x = the local-stage samples (millions) behind the point. Series whose name starts with
+            "paper" are drawn dashed (the paper's Table 3 as a reference level).
+        out: the PNG to write.
+    """
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    table = Path(table)
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} does not exist; give a CSV with the columns {','.join(PROGRESS_COLUMNS)}")
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in PROGRESS_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{table} lacks the column(s) {', '.join(missing)}; its header must be "
+                             f"{','.join(PROGRESS_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                point = (float(row["local_samples_M"]), float(row["value"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{table} line {line}: local_samples_M and value must be numbers, "
+                                 f"got {row['local_samples_M']!r} and {row['value']!r}") from None
+            panels.setdefault(row["panel"], {}).setdefault(row["series"], []).append(point)
+    if not panels:
+        raise ValueError(f"{table} has no rows")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        for name, points in series.items():
+            xs, ys = zip(*sorted(points))
+            style = dict(linestyle="--", color="grey") if name.lower().startswith("paper") else dict(marker="o")
+            ax.plot(xs, ys, label=name, **style)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("local-stage samples seen (millions)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def _progress_main(argv: Sequence[str]) -> Path:
+    p = argparse.ArgumentParser(prog="python -m blurry_edges.release progress",
+                                description="One figure of the training's progress across stages.")
+    p.add_argument("table", help=f"CSV with the columns {','.join(PROGRESS_COLUMNS)}, "
+                                 "e.g. pretrained_weights/curves/progress.csv")
+    p.add_argument("out", help="the PNG to write, e.g. pretrained_weights/curves/progress.png")
+    args = p.parse_args(argv)
+    try:
+        out = plot_progress(args.table, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        p.exit(2, f"error: {e}\n")
+    print(f"wrote {out}")
+    return out
+
+
 def _curves_main(argv: Sequence[str]) -> Path:
     p = argparse.ArgumentParser(prog="python -m blurry_edges.release curves",
                                 description="One figure of a stage's loss curves for pretrained_weights/TRAINING.md.")
@@ -158,6 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["curves"]:
         return _curves_main(argv[1:])
+    if argv[:1] == ["progress"]:
+        return _progress_main(argv[1:])
     p = argparse.ArgumentParser(description="Ship trained weights to pretrained_weights/ (fp16, with their recipe).")
     p.add_argument("stage", choices=sorted(STAGES))
     p.add_argument("weights", help="the best_run_exp_*.pth file a training wrote")

@@ -71,6 +71,34 @@ def test_release_curves_figure(tmp_path, capsys):
     assert e.value.code == 2 and "LABEL=" in capsys.readouterr().err
 
 
+def test_release_progress_figure(tmp_path, capsys):
+    table = tmp_path / "progress.csv"
+    table.write_text("panel,series,local_samples_M,value\n"
+                     "validation loss,local stage,0.4,0.09\nvalidation loss,local stage,0.8,0.07\n"
+                     "sparse delta1,check set,0.8,0.61\nsparse delta1,paper Table 3,0,0.72\n"
+                     "sparse delta1,paper Table 3,0.8,0.72\n")
+    out = main(["progress", str(table), str(tmp_path / "fig" / "progress.png")])
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("panel,series,value\nloss,local,0.1\n")             # no x column
+    with pytest.raises(SystemExit) as e:
+        main(["progress", str(bad), str(tmp_path / "x.png")])
+    assert e.value.code == 2 and "local_samples_M" in capsys.readouterr().err
+    bad.write_text("panel,series,local_samples_M,value\nloss,local,0.4,n/a\n")
+    with pytest.raises(SystemExit) as e:
+        main(["progress", str(bad), str(tmp_path / "x.png")])
+    assert e.value.code == 2 and "line 2" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_shipped_progress_table_plots(tmp_path):
+    """The table behind the README's progress figure stays readable by the command that draws it."""
+    table = SHIPPED / "curves" / "progress.csv"
+    if not table.is_file():
+        pytest.skip("no progress table in this checkout")
+    assert main(["progress", str(table), str(tmp_path / "progress.png")]).is_file()
+
+
 @pytest.mark.parametrize("path", sorted((SHIPPED / "candidates").glob("*.pth")), ids=lambda p: p.name)
 def test_candidate_weights_load_strictly_and_carry_their_recipe(path):
     """Weights kept between sessions before they ship (pretrained_weights/TRAINING.md) are release files too."""
