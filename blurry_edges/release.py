@@ -84,6 +84,18 @@ def ship(stage: str, src: str | Path, recipe: str, out_dir: str | Path = WEIGHT_
     return save_weights(model, dst, meta=meta, half=True)
 
 
+def _save_figure(fig, out: str | Path, dpi: int) -> Path:
+    """Write ``fig`` to the PNG ``out`` (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: int = 120) -> Path:
     """One figure of a training stage's loss curves, a panel per run, for ``TRAINING.md``.
 
@@ -124,12 +136,7 @@ def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: in
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, out, dpi)
 
 
 PROGRESS_COLUMNS = ("panel", "series", "local_samples_M", "value")
@@ -180,12 +187,7 @@ def plot_progress(table: str | Path, out: str | Path, dpi: int = 120) -> Path:
         ax.set_xlabel("local-stage samples seen (millions)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, out, dpi)
 
 
 def _progress_main(argv: Sequence[str]) -> Path:
