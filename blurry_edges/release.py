@@ -85,14 +85,11 @@ def ship(stage: str, src: str | Path, recipe: str, out_dir: str | Path = WEIGHT_
 
 
 def _save_figure(fig, out: str | Path, dpi: int) -> Path:
-    """Write ``fig`` to the PNG ``out`` (its folder made) and close it."""
-    import matplotlib.pyplot as plt
-
+    """Write ``fig`` (a ``matplotlib.figure.Figure``) to the PNG ``out``, its folder made."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
     return out
 
 
@@ -106,15 +103,14 @@ def plot_curves(runs: Sequence[tuple[str, str | Path]], out: str | Path, dpi: in
         out: the PNG to write.
     Epochs are numbered from 1, as in the text logs; log scale where every value is positive.
     """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
     import numpy as np
+    from matplotlib.figure import Figure
 
     if not runs:
         raise ValueError("no run given: pass LABEL=LOG_PATH/loss_curve_<name> for each training")
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(runs), 3.4))
+    axes = fig.subplots(1, len(runs), squeeze=False)
     for ax, (label, stem) in zip(axes[0], runs):
         stem = Path(str(stem).removesuffix(".npy"))
         val_file = stem.with_name(stem.name + ".npy")
@@ -154,9 +150,7 @@ def plot_progress(table: str | Path, out: str | Path, dpi: int = 120) -> Path:
     """
     import csv
 
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     table = Path(table)
     if not table.is_file():
@@ -177,7 +171,8 @@ def plot_progress(table: str | Path, out: str | Path, dpi: int = 120) -> Path:
             panels.setdefault(row["panel"], {}).setdefault(row["series"], []).append(point)
     if not panels:
         raise ValueError(f"{table} has no rows")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
         for name, points in series.items():
             xs, ys = zip(*sorted(points))

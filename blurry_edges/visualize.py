@@ -1,4 +1,4 @@
-"""Figures and image files of the pipeline's outputs (matplotlib with the Agg backend, no display).
+"""Figures and image files of the pipeline's outputs (matplotlib's object API, no display).
 
 * :func:`save_scene_figure`: the evaluation figure of one scene: noisy pair, restored pair,
   sharpened and refocused color maps, confidence and boundary maps, ground-truth and estimated
@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 __all__ = ["DEPTH_CMAP", "depth_to_color_png", "save_scene_figure", "save_rgb_png",
            "save_gray_png", "to_hwc"]
@@ -66,7 +64,8 @@ def depth_to_color_png(depth: Any, z_min: float, z_max: float, path: str | Path,
     d = _as_map(depth)
     h, w = d.shape
     panel = 5.0
-    fig, ax = plt.subplots(figsize=(panel * w / max(h, w) + 1.4, panel * h / max(h, w) + (0.5 if title else 0.2)))
+    fig = Figure(figsize=(panel * w / max(h, w) + 1.4, panel * h / max(h, w) + (0.5 if title else 0.2)))
+    ax = fig.subplots()
     im = ax.imshow(_masked_cm(d), cmap=_cmap(), vmin=z_min * 100, vmax=z_max * 100, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -76,7 +75,6 @@ def depth_to_color_png(depth: Any, z_min: float, z_max: float, path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_dpi_for(h, w, panel), bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -132,7 +130,7 @@ def save_scene_figure(path: str | Path, noisy: Any, out: dict, gt_depth: Any = N
     color = out["color"]
     h, w = noisy.shape[1:3]
     panel = 2.6
-    fig = plt.figure(figsize=(5 * panel + 0.8, 2 * panel + (0.9 if title else 0.6)))
+    fig = Figure(figsize=(5 * panel + 0.8, 2 * panel + (0.9 if title else 0.6)))
     gs = fig.add_gridspec(2, 6, width_ratios=[1, 1, 1, 1, 1, 0.06], wspace=0.06, hspace=0.16)
     axes = np.array([[fig.add_subplot(gs[r, c]) for c in range(5)] for r in range(2)])
     cax = fig.add_subplot(gs[:, 5])
@@ -166,5 +164,4 @@ def save_scene_figure(path: str | Path, noisy: Any, out: dict, gt_depth: Any = N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_dpi_for(h, w, panel), bbox_inches="tight")
-    plt.close(fig)
     return path

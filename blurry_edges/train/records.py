@@ -50,9 +50,7 @@ def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, 
     also ``<name>_train.npy`` (mean training loss per epoch), and ``<name>.png``: both curves over
     epochs numbered from 1 as in the text log, with markers (one epoch is a visible point), log
     scale when every value is positive."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     log_path = Path(log_path)
     log_path.mkdir(parents=True, exist_ok=True)
@@ -65,7 +63,8 @@ def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, 
         np.save(log_path / f"{name}_train.npy", tr)
         series.insert(0, ("training", tr, "tab:orange", "s"))
     png = log_path / f"{name}.png"
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig = Figure(figsize=(8, 6))
+    ax = fig.subplots()
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Average loss")
     shown = np.concatenate([s[np.isfinite(s)] for _, s, _, _ in series]) if series else arr
@@ -84,7 +83,6 @@ def save_loss_curve(curve: list[float], log_path: str | os.PathLike, name: str, 
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.savefig(png, format="png", bbox_inches="tight", dpi=dpi)
-    plt.close(fig)
     return npy, png
 
 
