@@ -1,9 +1,10 @@
 """What bf16 does to the accuracy: two evaluations of the same scenes, one float32, one bf16.
 
-bf16 autocast becomes the inference default (``--bf16 auto``) only if, with trained weights, it
-moves the sparse and PP δ1 by at most 0.005 and the RMSE by at most 0.05 cm against float32 on the
-200-scene test set (README "Speed"). This script makes that decision from two result folders of
-``blurry_edges_test.py`` (``--compare`` roots with one sub-folder per mode, or single runs):
+bf16 autocast is the inference default (``--bf16 auto``, where the CPU computes bf16 natively)
+because, with the shipped weights, it moved the sparse and PP δ1 by at most 0.005 and the RMSE by at
+most 0.05 cm against float32 on the 200-scene test set (README "Speed"). This script applies that
+rule, per pixel, to two result folders of ``blurry_edges_test.py`` (``--compare`` roots with one
+sub-folder per mode, or single runs), e.g. to check it again for other weights:
 
     python test_data_generator.py --source builtin --num_sample_test 200 --seed 200 --data_path data/test200
     python blurry_edges_test.py --compare --data_path data/test200 --bf16 off --no_figures --run_name compare_fp32

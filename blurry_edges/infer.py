@@ -8,8 +8,8 @@ view, same size). PNG/TIFF/JPEG/NPY, 8- or 16-bit or float, gray or RGB. An imag
 cropping (from the bottom/right, with a message) to the nearest size the patch grid fits.
 
 Progress bars (local stage, global stage over the blocks, render, densify) go to stdout unless
-``--no_progress``. ``--bf16 {auto,on,off}`` (default ``off``: float32) is recorded, resolved, in
-``settings.json`` under ``precision``.
+``--no_progress``. ``--bf16 {auto,on,off}`` (default ``auto``: bf16 autocast where the CPU computes
+bf16 natively, else float32) is recorded, resolved, in ``settings.json`` under ``precision``.
 
 Written to ``--out``: ``depth.npy`` (metres, 0 = no estimate), ``depth.png`` (colored, scale bar in
 cm), ``confidence.npy`` / ``.png``, ``boundary.npy`` / ``.png``, ``restored_1.png``, ``restored_2.png``,

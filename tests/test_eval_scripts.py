@@ -103,10 +103,11 @@ def test_one_block_scenes_show_no_stage_bars(weights, authors_set, tmp_path, cap
     assert "scenes:" in out and "local stage:" not in out and "global stage:" not in out
 
 
-@pytest.mark.parametrize("flag, native, bf16", [([], True, False), (["--bf16"], False, True),
+@pytest.mark.parametrize("flag, native, bf16", [([], False, False), ([], True, True), (["--bf16"], False, True),
+                                                (["--bf16", "off"], True, False),
                                                 (["--bf16", "auto"], False, False), (["--bf16", "auto"], True, True)])
 def test_bf16_option_of_the_test_scripts(weights, authors_set, tmp_path, monkeypatch, flag, native, bf16):
-    """--bf16 {auto,on,off}: default off, bare = on, auto = on only where the CPU has native bf16;
+    """--bf16 {auto,on,off}: default auto = on only where the CPU has native bf16, bare = on, off = float32;
     the resolved precision names the run folder and is recorded in summary.json."""
     import blurry_edges.features as features
 
@@ -117,7 +118,7 @@ def test_bf16_option_of_the_test_scripts(weights, authors_set, tmp_path, monkeyp
     summary = json.loads((tmp_path / ("test_sparse_bf16" if bf16 else "test_sparse") / "summary.json").read_text())
     assert summary["config"]["bf16"] is bf16 and summary["precision"]["bf16"] is bf16
     assert summary["precision"]["bf16_requested"] == summary["args"]["bf16"] == (flag[1] if len(flag) == 2 else
-                                                                                 "on" if flag else "off")
+                                                                                 "on" if flag else "auto")
 
 
 def test_densify_flag_without_value_means_sparse(weights, authors_set, tmp_path):

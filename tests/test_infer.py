@@ -161,7 +161,8 @@ def test_error_cases(weights, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- --bf16, progress
 @pytest.mark.parametrize("flag, native, bf16", [
-    ([], True, False),                       # default off (float32), even where bf16 is native
+    ([], True, True),                        # default auto: bf16 where the CPU computes it natively …
+    ([], False, False),                      # … float32 where it emulates it
     (["--bf16"], False, True),               # a bare --bf16 means on (the former store_true flag)
     (["--bf16", "auto"], False, False),      # auto: float32 where the CPU emulates bf16 …
     (["--bf16", "auto"], True, True),        # … bf16 where it computes it natively
@@ -176,7 +177,7 @@ def test_bf16_option_resolves_and_is_recorded(weights, tmp_path, capsys, monkeyp
     out = tmp_path / "out"
     assert main([*args(weights, out, a, a), *flag, "--no_progress"]) == 0
     settings = json.loads((out / "settings.json").read_text())
-    requested = flag[1].lower() if len(flag) == 2 else ("on" if flag else "off")
+    requested = flag[1].lower() if len(flag) == 2 else ("on" if flag else "auto")
     assert settings["bf16"] is bf16
     assert settings["precision"] == {"bf16_requested": requested, "bf16": bf16, "cpu_native_bf16": native,
                                      "networks": "bf16 autocast" if bf16 else "float32"}
